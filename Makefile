@@ -1,0 +1,74 @@
+# ragfleet: two commands matter. `make demo` installs everything and answers a question;
+# `make test` runs the test suite. Everything else here is what those two are made of.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_VERSION ?= 3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UV ?= uv
+# CPU-only torch: pip's configured find-links folder (if any) holds the CPU wheel; uv does not
+# read pip's config, so pass it on. ../shared/wheels, where present, caches the llama-cpp-python
+# build (otherwise it builds from source, about 15-20 minutes on 2 cores).
+PIP_FIND_LINKS := $(shell python3 -m pip config get global.find-links 2>/dev/null)
+FIND_LINKS := $(foreach d,$(PIP_FIND_LINKS) ../shared/wheels,$(if $(wildcard $(d)),--find-links $(d)))
+LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+SERVICES := embedder retriever generator gateway
+PROTO_OUT := src
+
+.PHONY: help install demo test test-unit test-integration test-e2e lint typecheck protos check-protos clean
+
+help:
+	@echo "make demo   install, bring the fleet up, ask a sample question (fleet stays up: ragfleet down)"
+	@echo "make test   install, check generated code and types, run the whole test suite"
+
+$(VENV)/.installed: pyproject.toml $(foreach s,$(SERVICES),services/$(s)/pyproject.toml)
+	command -v $(UV) >/dev/null || python3 -m pip install --quiet "uv==0.13.8"
+	test -x $(PY) || $(UV) venv --quiet --python $(PYTHON_VERSION) $(VENV)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(UV) pip install --python $(PY) $(FIND_LINKS) \
+	  -e ".[dev]" $(foreach s,$(SERVICES),-e services/$(s))
+	touch $@
+
+install: $(VENV)/.installed
+
+protos: install
+	rm -rf $(foreach s,common $(SERVICES),$(PROTO_OUT)/ragfleet/$(s))
+	$(PY) -m grpc_tools.protoc -I protos --python_out=$(PROTO_OUT) --mypy_out=$(PROTO_OUT) \
+	  --grpc_python_out=$(PROTO_OUT) --mypy_grpc_out=$(PROTO_OUT) --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
+	  --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
+	  $$(find protos -name '*.proto' | sort)
+	for d in $$(find $(PROTO_OUT)/ragfleet -name '*_pb2.py' -printf '%h\n' | sort -u); do \
+	  touch $$d/__init__.py $$(dirname $$d)/__init__.py; done
+
+# Fails when the checked-in stubs differ from what the protos generate.
+check-protos: protos
+	git diff --exit-code --stat -- $(PROTO_OUT)/ragfleet
+	test -z "$$(git status --porcelain -- $(PROTO_OUT)/ragfleet)"
+
+lint: install
+	$(VENV)/bin/ruff check src services tests benchmarks
+	$(VENV)/bin/ruff format --check src services tests benchmarks
+
+typecheck: install
+	$(VENV)/bin/mypy src services/*/src
+
+test: install check-protos lint typecheck
+	$(VENV)/bin/pytest
+
+test-unit: install
+	$(VENV)/bin/pytest -m unit
+
+test-integration: install
+	$(VENV)/bin/pytest -m integration
+
+test-e2e: install
+	$(VENV)/bin/pytest -m e2e
+
+demo: install
+	$(VENV)/bin/ragfleet up
+	$(VENV)/bin/ragfleet ask "How does ragfleet shut a service down gracefully?"
+	@echo "The fleet is still up: ask more with '$(VENV)/bin/ragfleet ask \"...\"', stop it with '$(VENV)/bin/ragfleet down'."
+
+clean:
+	-$(VENV)/bin/ragfleet down
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Shared runtime every ragfleet service is built on: settings, errors, server factory, logging."""

@@ -1,0 +1,43 @@
+"""Outbound gRPC calls: channels and deadlines derived from the caller's remaining time."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import grpc
+
+from ragfleet.runtime.errors import DeadlineExceeded
+
+CHANNEL_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 30_000),
+    # Reconnect quickly after an upstream restarts instead of backing off for minutes.
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+]
+
+
+def insecure_channel(address: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+
+
+@dataclass
+class Deadline:
+    """An absolute point in time a whole request must finish by, split across its stages."""
+
+    expires_at: float
+
+    @classmethod
+    def after(cls, seconds: float) -> Deadline:
+        return cls(time.monotonic() + seconds)
+
+    def remaining(self) -> float:
+        return self.expires_at - time.monotonic()
+
+    def timeout(self, stage: str, cap: float | None = None) -> float:
+        """Seconds left for the next call, at most ``cap``; raises when nothing is left."""
+        left = self.remaining()
+        if left <= 0:
+            raise DeadlineExceeded(f"the request's deadline ran out before {stage}")
+        return left if cap is None else min(left, cap)

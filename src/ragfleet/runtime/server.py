@@ -1,0 +1,216 @@
+"""Server factory shared by the grpc.aio services.
+
+``create_server`` builds an unstarted server with health, reflection and the error/readiness
+interceptor. ``run_service`` starts it, loads the service's models or indexes, flips health to
+SERVING, and on SIGTERM or SIGINT flips to NOT_SERVING, drains for the grace period and stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ragfleet.runtime.errors import RagfleetError
+from ragfleet.runtime.logging import get_logger
+from ragfleet.runtime.settings import ServiceSettings
+
+log = get_logger(__name__)
+
+_ALWAYS_OPEN = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+@dataclass(frozen=True)
+class Servicer:
+    """A servicer and the generated function that registers it, e.g.
+    ``Servicer(EmbedderServicer(core), embedder_pb2_grpc.add_EmbedderServiceServicer_to_server,
+    "ragfleet.embedder.v1.EmbedderService")``."""
+
+    implementation: object
+    add_to_server: Callable[[Any, Any], None]
+    service_name: str
+
+
+class _Readiness:
+    def __init__(self) -> None:
+        self.ready = False
+        self.reason = "the service is still starting (loading models or indexes)"
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Maps domain errors to status codes, and answers UNAVAILABLE at once while not ready."""
+
+    def __init__(self, readiness: _Readiness) -> None:
+        self._readiness = readiness
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        if handler is None or method.startswith(_ALWAYS_OPEN):
+            return handler
+        readiness = self._readiness
+
+        async def check_ready(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            if not readiness.ready:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, readiness.reason)
+
+        async def fail(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
+            if isinstance(exc, RagfleetError):
+                if exc.grpc_code is grpc.StatusCode.INTERNAL:
+                    log.error("rpc_failed", method=method, error=exc.message)
+                await context.abort(exc.grpc_code, exc.message)
+            log.exception("rpc_crashed", method=method)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
+
+        if handler.unary_unary is not None:
+            inner_uu = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                await check_ready(context)
+                try:
+                    return await inner_uu(request, context)
+                except (asyncio.CancelledError, grpc.aio.AbortError):
+                    raise
+                except Exception as exc:
+                    await fail(context, exc)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            inner_us = handler.unary_stream
+
+            async def unary_stream(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                await check_ready(context)
+                try:
+                    async for response in inner_us(request, context):
+                        yield response
+                except (asyncio.CancelledError, grpc.aio.AbortError):
+                    raise
+                except Exception as exc:
+                    await fail(context, exc)
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+class GrpcService:
+    """An unstarted grpc.aio server with health and readiness; see ``create_server``."""
+
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        port: int,
+        health_servicer: health.aio.HealthServicer,
+        service_names: Sequence[str],
+        readiness: _Readiness,
+        grace_period_s: float,
+    ) -> None:
+        self.server = server
+        self.port = port
+        self._health = health_servicer
+        self._service_names = list(service_names)
+        self._readiness = readiness
+        self._grace_period_s = grace_period_s
+
+    @property
+    def ready(self) -> bool:
+        return self._readiness.ready
+
+    async def start(self) -> None:
+        await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        log.info("listening", port=self.port, services=self._service_names)
+
+    async def mark_ready(self) -> None:
+        self._readiness.ready = True
+        await self._set_all(health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", services=self._service_names)
+
+    async def stop(self, grace_period_s: float | None = None) -> None:
+        """Flips health to NOT_SERVING, lets in-flight calls finish for the grace period, stops."""
+        self._readiness.ready = False
+        self._readiness.reason = "the service is shutting down"
+        await self._health.enter_graceful_shutdown()
+        grace = self._grace_period_s if grace_period_s is None else grace_period_s
+        log.info("draining", grace_period_s=grace)
+        await self.server.stop(grace)
+        log.info("stopped")
+
+    async def _set_all(self, status: int) -> None:
+        for name in ("", *self._service_names):
+            await self._health.set(name, status)  # type: ignore[arg-type]
+
+
+def create_server(
+    settings: ServiceSettings,
+    servicers: Sequence[Servicer],
+    options: Sequence[tuple[str, Any]] = (),
+) -> GrpcService:
+    """Builds an unstarted server bound to ``settings.bind_address`` (port 0 picks a free port)."""
+    readiness = _Readiness()
+    server = grpc.aio.server(
+        interceptors=[ErrorInterceptor(readiness)],
+        options=[
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            *options,
+        ],
+    )
+    for servicer in servicers:
+        servicer.add_to_server(servicer.implementation, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [s.service_name for s in servicers]
+    reflection.enable_server_reflection(
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME],
+        server,
+    )
+    port = server.add_insecure_port(settings.bind_address)
+    if port == 0:
+        raise OSError(f"cannot bind {settings.bind_address}: is the port already in use?")
+    return GrpcService(server, port, health_servicer, names, readiness, settings.grace_period_s)
+
+
+async def run_service(service: GrpcService, load: Callable[[], Awaitable[None]]) -> None:
+    """Starts ``service``, runs ``load`` (models, indexes), marks it ready, and serves until
+    SIGTERM or SIGINT, then drains. A failing ``load`` stops the service with its error."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await service.start()
+    loading = asyncio.ensure_future(load())
+    stopping = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if loading in done:
+        try:
+            loading.result()
+        except BaseException:
+            stopping.cancel()
+            await service.stop(0)
+            raise
+        await service.mark_ready()
+        await stopping
+    else:
+        loading.cancel()
+    await service.stop()
