@@ -16,34 +16,45 @@ LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX
 SERVICES := embedder retriever generator gateway
 PROTO_OUT := src
 
-.PHONY: help install demo test test-unit test-integration test-e2e lint typecheck protos check-protos clean
+.PHONY: help install generate-protos demo test test-unit test-integration test-e2e lint typecheck protos check-protos helm clean
 
 help:
 	@echo "make demo   install, bring the fleet up, ask a sample question (fleet stays up: ragfleet down)"
 	@echo "make test   install, check generated code and types, run the whole test suite"
 
-$(VENV)/.installed: pyproject.toml $(foreach s,$(SERVICES),services/$(s)/pyproject.toml)
+$(VENV)/.installed: pyproject.toml $(foreach s,$(SERVICES),services/$(s)/pyproject.toml) tools/install_helm.sh
 	command -v $(UV) >/dev/null || python3 -m pip install --quiet "uv==0.13.8"
 	test -x $(PY) || $(UV) venv --quiet --python $(PYTHON_VERSION) $(VENV)
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(UV) pip install --python $(PY) $(FIND_LINKS) \
 	  -e ".[dev]" $(foreach s,$(SERVICES),-e services/$(s))
+	tools/install_helm.sh $(VENV)/bin
 	touch $@
 
 install: $(VENV)/.installed
 
+GENERATED := $(foreach s,common $(SERVICES),ragfleet/$(s))
+
+# Generates Python stubs and .pyi type stubs for every proto into OUT (default src/).
 protos: install
-	rm -rf $(foreach s,common $(SERVICES),$(PROTO_OUT)/ragfleet/$(s))
-	$(PY) -m grpc_tools.protoc -I protos --python_out=$(PROTO_OUT) --mypy_out=$(PROTO_OUT) \
-	  --grpc_python_out=$(PROTO_OUT) --mypy_grpc_out=$(PROTO_OUT) --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
+	$(MAKE) --no-print-directory generate-protos OUT=$(PROTO_OUT)
+
+generate-protos:
+	cd $(OUT) && rm -rf $(GENERATED)
+	$(PY) -m grpc_tools.protoc -I protos --python_out=$(OUT) --mypy_out=$(OUT) \
+	  --grpc_python_out=$(OUT) --mypy_grpc_out=$(OUT) \
+	  --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
 	  --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
-	  $$(find protos -name '*.proto' | sort)
-	for d in $$(find $(PROTO_OUT)/ragfleet -name '*_pb2.py' -printf '%h\n' | sort -u); do \
-	  touch $$d/__init__.py $$(dirname $$d)/__init__.py; done
+	  $$(find protos -name '*.proto' | sort) >/dev/null
+	for d in $$(cd $(OUT) && find $(GENERATED) -name '*_pb2.py' -printf '%h\n' | sort -u); do \
+	  touch $(OUT)/$$d/__init__.py $(OUT)/$$(dirname $$d)/__init__.py; done
 
 # Fails when the checked-in stubs differ from what the protos generate.
-check-protos: protos
-	git diff --exit-code --stat -- $(PROTO_OUT)/ragfleet
-	test -z "$$(git status --porcelain -- $(PROTO_OUT)/ragfleet)"
+check-protos: install
+	rm -rf .protos-check && mkdir -p .protos-check
+	$(MAKE) --no-print-directory generate-protos OUT=.protos-check
+	for g in $(GENERATED); do diff -r -x __pycache__ .protos-check/$$g $(PROTO_OUT)/$$g || \
+	  { echo "generated stubs are stale: run 'make protos' and commit the result"; exit 1; }; done
+	rm -rf .protos-check
 
 lint: install
 	$(VENV)/bin/ruff check src services tests benchmarks
@@ -64,9 +75,14 @@ test-integration: install
 test-e2e: install
 	$(VENV)/bin/pytest -m e2e
 
+# Renders the umbrella chart with its defaults (the chart tests render more variants).
+helm: install
+	for c in embedder retriever generator gateway ragfleet; do $(VENV)/bin/helm dependency build helm/$$c >/dev/null; done
+	$(VENV)/bin/helm template ragfleet helm/ragfleet
+
 demo: install
 	$(VENV)/bin/ragfleet up
-	$(VENV)/bin/ragfleet ask "How does ragfleet shut a service down gracefully?"
+	$(VENV)/bin/ragfleet ask "Which embedding model does the embedder use?"
 	@echo "The fleet is still up: ask more with '$(VENV)/bin/ragfleet ask \"...\"', stop it with '$(VENV)/bin/ragfleet down'."
 
 clean:

@@ -60,8 +60,14 @@ class ModelLoadError(RagfleetError):
 
 _BY_CODE: dict[grpc.StatusCode, type[RagfleetError]] = {
     cls.grpc_code: cls
-    for cls in (InvalidInput, NotFound, FailedPrecondition, ResourceExhausted, Unavailable,
-                DeadlineExceeded)
+    for cls in (
+        InvalidInput,
+        NotFound,
+        FailedPrecondition,
+        ResourceExhausted,
+        Unavailable,
+        DeadlineExceeded,
+    )
 }
 
 
@@ -71,8 +77,10 @@ def from_rpc_error(error: grpc.RpcError, upstream: str) -> RagfleetError:
     Client mistakes (invalid argument, not found) keep their code and message; anything else is
     reported as the upstream being unavailable, with its name, unless the deadline ran out.
     """
-    code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
-    details = (error.details() if isinstance(error, grpc.Call) else None) or str(error)
+    # grpc.aio.AioRpcError carries code() and details() but is not a grpc.Call.
+    has_status = isinstance(error, grpc.Call | grpc.aio.AioRpcError)
+    code = error.code() if has_status else grpc.StatusCode.UNKNOWN
+    details = (error.details() if has_status else None) or str(error)
     cls = _BY_CODE.get(code, Unavailable)
     if cls is Unavailable or code is grpc.StatusCode.FAILED_PRECONDITION:
         return Unavailable(f"{upstream} failed ({code.name}): {details}")

@@ -1,0 +1,1 @@
+"""ragfleet embedder: sentence-transformers embeddings over gRPC, batched across callers."""

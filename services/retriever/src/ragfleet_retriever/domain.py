@@ -1,0 +1,81 @@
+"""Domain types of the retriever, independent of gRPC and of any backend."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import NamedTuple
+
+
+class SearchMode(StrEnum):
+    LEXICAL = "lexical"
+    DENSE = "dense"
+    HYBRID = "hybrid"
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A unit of indexed text. ``vector`` is empty for a text-only chunk (lexical search only)."""
+
+    id: str
+    text: str
+    source: str = ""
+    title: str = ""
+    section: str = ""
+    tenant: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    vector: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """Conjunction of conditions; an empty field matches everything.
+
+    ``tenant`` and ``source`` must equal the chunk's; every ``equals`` pair must be in the
+    chunk's metadata.
+    """
+
+    tenant: str = ""
+    source: str = ""
+    equals: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.tenant or self.source or self.equals)
+
+    def matches(self, tenant: str, source: str, metadata: Mapping[str, str]) -> bool:
+        return (
+            (not self.tenant or tenant == self.tenant)
+            and (not self.source or source == self.source)
+            and all(metadata.get(key) == value for key, value in self.equals.items())
+        )
+
+
+MATCH_ALL = Filter()
+
+
+class ScoredId(NamedTuple):
+    """One backend search result: a chunk id and the backend's score (higher is better)."""
+
+    id: str
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A search result. ``score`` is fused for hybrid search, the backend's score otherwise;
+    ranks are 1-based within each sub-search, 0 when absent from it."""
+
+    chunk: Chunk
+    score: float
+    lexical_rank: int
+    dense_rank: int
+
+
+@dataclass(frozen=True, slots=True)
+class IndexStats:
+    chunks: int
+    sources: int
+    dimension: int
+    backend: str

@@ -1,0 +1,143 @@
+"""gRPC servicer: converts protos to domain types and back, and calls the core. Nothing else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from ragfleet.common.v1 import common_pb2
+from ragfleet.fusion import FusionMethod
+from ragfleet.retriever.v1 import retriever_pb2, retriever_pb2_grpc
+from ragfleet.runtime.errors import InvalidInput
+from ragfleet_retriever.core import Retriever, SearchQuery
+from ragfleet_retriever.domain import Chunk, Filter, Hit, SearchMode
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+_MODES: dict[int, SearchMode | None] = {
+    common_pb2.SEARCH_MODE_UNSPECIFIED: None,
+    common_pb2.SEARCH_MODE_LEXICAL: SearchMode.LEXICAL,
+    common_pb2.SEARCH_MODE_DENSE: SearchMode.DENSE,
+    common_pb2.SEARCH_MODE_HYBRID: SearchMode.HYBRID,
+}
+_MODE_PROTOS: dict[SearchMode, common_pb2.SearchMode.ValueType] = {
+    SearchMode.LEXICAL: common_pb2.SEARCH_MODE_LEXICAL,
+    SearchMode.DENSE: common_pb2.SEARCH_MODE_DENSE,
+    SearchMode.HYBRID: common_pb2.SEARCH_MODE_HYBRID,
+}
+_FUSIONS: dict[int, FusionMethod | None] = {
+    common_pb2.FUSION_METHOD_UNSPECIFIED: None,
+    common_pb2.FUSION_METHOD_RRF: FusionMethod.RRF,
+    common_pb2.FUSION_METHOD_WEIGHTED: FusionMethod.WEIGHTED,
+}
+
+
+def _enum(name: str, table: dict[int, Any], value: int) -> Any:
+    if value not in table:
+        raise InvalidInput(f"{name}: unknown value {value}; expected one of {sorted(table)}")
+    return table[value]
+
+
+def chunk_from_proto(chunk: common_pb2.Chunk) -> Chunk:
+    return Chunk(
+        id=chunk.id,
+        text=chunk.text,
+        source=chunk.source,
+        title=chunk.title,
+        section=chunk.section,
+        tenant=chunk.tenant,
+        metadata=dict(chunk.metadata),
+        vector=tuple(chunk.vector),
+    )
+
+
+def chunk_to_proto(chunk: Chunk) -> common_pb2.Chunk:
+    return common_pb2.Chunk(
+        id=chunk.id,
+        text=chunk.text,
+        source=chunk.source,
+        title=chunk.title,
+        section=chunk.section,
+        tenant=chunk.tenant,
+        metadata=dict(chunk.metadata),
+        vector=list(chunk.vector),
+    )
+
+
+def filter_from_proto(filter: common_pb2.Filter, source: str = "") -> Filter:
+    return Filter(tenant=filter.tenant, source=source, equals=dict(filter.equals))
+
+
+def _hit_to_proto(hit: Hit) -> common_pb2.ScoredChunk:
+    return common_pb2.ScoredChunk(
+        chunk=chunk_to_proto(hit.chunk),
+        score=hit.score,
+        lexical_rank=hit.lexical_rank,
+        dense_rank=hit.dense_rank,
+    )
+
+
+class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
+    """``ragfleet.retriever.v1.RetrieverService`` over a ``Retriever`` core.
+
+    Unset and proto zero values mean "the default": unset top_k, candidate_k 0, rrf_k 0,
+    unspecified mode and fusion method, unset dense_weight. Search hits carry chunks without
+    their vectors.
+    """
+
+    def __init__(self, core: Retriever) -> None:
+        self._core = core
+
+    async def Search(
+        self, request: retriever_pb2.SearchRequest, context: Context
+    ) -> retriever_pb2.SearchResponse:
+        if request.HasField("top_k") and request.top_k <= 0:
+            raise InvalidInput(
+                f"top_k: must be positive (unset means the default), got {request.top_k}"
+            )
+        if request.candidate_k < 0:
+            raise InvalidInput(
+                f"candidate_k: must be positive (0 means the default), got {request.candidate_k}"
+            )
+        fusion = request.fusion
+        query = SearchQuery(
+            query=request.query,
+            vector=tuple(request.query_vector),
+            mode=_enum("mode", _MODES, request.mode),
+            top_k=request.top_k if request.HasField("top_k") else None,
+            candidate_k=request.candidate_k or None,
+            fusion=_enum("fusion.method", _FUSIONS, fusion.method),
+            rrf_k=fusion.rrf_k or None,
+            dense_weight=fusion.dense_weight if fusion.HasField("dense_weight") else None,
+            filter=filter_from_proto(request.filter),
+        )
+        result = await self._core.search(query)
+        return retriever_pb2.SearchResponse(
+            hits=[_hit_to_proto(hit) for hit in result.hits], mode=_MODE_PROTOS[result.mode]
+        )
+
+    async def Upsert(
+        self, request: retriever_pb2.UpsertRequest, context: Context
+    ) -> retriever_pb2.UpsertResponse:
+        upserted = await self._core.upsert([chunk_from_proto(c) for c in request.chunks])
+        return retriever_pb2.UpsertResponse(upserted=upserted)
+
+    async def Delete(
+        self, request: retriever_pb2.DeleteRequest, context: Context
+    ) -> retriever_pb2.DeleteResponse:
+        deleted = await self._core.delete(
+            list(request.ids), filter_from_proto(request.filter, request.source)
+        )
+        return retriever_pb2.DeleteResponse(deleted=deleted)
+
+    async def GetStats(
+        self, request: retriever_pb2.GetStatsRequest, context: Context
+    ) -> retriever_pb2.Stats:
+        stats = await self._core.stats()
+        return retriever_pb2.Stats(
+            chunks=stats.chunks,
+            sources=stats.sources,
+            dimension=stats.dimension,
+            backend=stats.backend,
+        )

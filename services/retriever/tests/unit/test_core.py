@@ -1,0 +1,189 @@
+"""The retriever core's validation and search modes, on a deterministic in-memory fake backend."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from ragfleet.fusion import FusionMethod
+from ragfleet.runtime.errors import InvalidInput, Unavailable
+from ragfleet_retriever.core import Retriever, SearchQuery
+from ragfleet_retriever.domain import MATCH_ALL, Chunk, Filter, IndexStats, ScoredId, SearchMode
+from ragfleet_retriever.settings import RetrieverSettings
+
+pytestmark = pytest.mark.unit
+
+DIM = 3
+
+
+class FakeBackend:
+    """Lexical: fixed ranking by word overlap; dense: dot product. Records what it was asked."""
+
+    name = "fake"
+    dimension = DIM
+
+    def __init__(self) -> None:
+        self.chunks: dict[str, Chunk] = {}
+        self.calls: list[tuple[str, int, Filter]] = []
+
+    def upsert(self, chunks: Sequence[Chunk]) -> int:
+        self.chunks.update({c.id: c for c in chunks})
+        return len({c.id for c in chunks})
+
+    def delete(self, *, ids: Sequence[str] | None = None, filter: Filter = MATCH_ALL) -> int:
+        doomed = [
+            c.id
+            for c in self.chunks.values()
+            if (ids is None or c.id in ids) and filter.matches(c.tenant, c.source, c.metadata)
+        ]
+        for chunk_id in doomed:
+            del self.chunks[chunk_id]
+        return len(doomed)
+
+    def search_lexical(self, query: str, k: int, filter: Filter = MATCH_ALL) -> list[ScoredId]:
+        self.calls.append(("lexical", k, filter))
+        words = set(query.split())
+        scored = [
+            ScoredId(c.id, float(len(words & set(c.text.split())))) for c in self._all(filter)
+        ]
+        return sorted((s for s in scored if s.score), key=lambda s: -s.score)[:k]
+
+    def search_dense(
+        self, vector: Sequence[float], k: int, filter: Filter = MATCH_ALL
+    ) -> list[ScoredId]:
+        self.calls.append(("dense", k, filter))
+        scored = [
+            ScoredId(c.id, sum(a * b for a, b in zip(vector, c.vector, strict=True)))
+            for c in self._all(filter)
+        ]
+        return sorted(scored, key=lambda s: -s.score)[:k]
+
+    def _all(self, filter: Filter) -> list[Chunk]:
+        return [c for c in self.chunks.values() if filter.matches(c.tenant, c.source, c.metadata)]
+
+    def fetch(self, ids: Sequence[str]) -> dict[str, Chunk]:
+        return {i: self.chunks[i] for i in ids if i in self.chunks}
+
+    def stats(self) -> IndexStats:
+        return IndexStats(
+            len(self.chunks), len({c.source for c in self.chunks.values()}), DIM, "fake"
+        )
+
+    def close(self) -> None:
+        pass
+
+
+CHUNKS = [
+    Chunk(id="a", text="alpha beta", source="s1", vector=(1.0, 0.0, 0.0)),
+    Chunk(id="b", text="beta gamma", source="s1", vector=(0.0, 1.0, 0.0)),
+    Chunk(id="c", text="gamma delta", source="s2", tenant="t", vector=(0.0, 0.0, 1.0)),
+]
+
+
+@pytest.fixture
+async def core() -> Retriever:
+    backend = FakeBackend()
+    retriever = Retriever(
+        RetrieverSettings(default_top_k=3, max_top_k=5, max_upsert_chunks=4), lambda: backend
+    )
+    await retriever.load()
+    await retriever.upsert(CHUNKS)
+    return retriever
+
+
+async def test_calls_before_load_are_unavailable() -> None:
+    retriever = Retriever(RetrieverSettings(), FakeBackend)
+    with pytest.raises(Unavailable):
+        await retriever.stats()
+
+
+async def test_lexical_and_dense_modes_report_their_own_rank(core: Retriever) -> None:
+    lexical = await core.search(SearchQuery(query="gamma delta", mode=SearchMode.LEXICAL))
+    assert [(h.chunk.id, h.lexical_rank, h.dense_rank) for h in lexical.hits] == [
+        ("c", 1, 0),
+        ("b", 2, 0),
+    ]
+    dense = await core.search(SearchQuery(vector=(0.1, 0.9, 0.0), mode=SearchMode.DENSE, top_k=1))
+    assert [(h.chunk.id, h.lexical_rank, h.dense_rank) for h in dense.hits] == [("b", 0, 1)]
+    assert dense.hits[0].score == pytest.approx(0.9)
+
+
+async def test_hybrid_is_the_default_and_fuses_both_lists(core: Retriever) -> None:
+    backend = core.backend
+    assert isinstance(backend, FakeBackend)
+    result = await core.search(
+        SearchQuery(
+            query="alpha", vector=(0.0, 0.0, 1.0), top_k=2, candidate_k=3, fusion=FusionMethod.RRF
+        )
+    )
+    assert result.mode is SearchMode.HYBRID
+    assert {(h.chunk.id, h.lexical_rank, h.dense_rank) for h in result.hits} == {
+        ("a", 1, 2),
+        ("c", 0, 1),
+    }
+    assert [(kind, k) for kind, k, _ in backend.calls] == [("lexical", 3), ("dense", 3)]
+
+
+async def test_filter_reaches_both_sub_searches(core: Retriever) -> None:
+    backend = core.backend
+    assert isinstance(backend, FakeBackend)
+    result = await core.search(
+        SearchQuery(query="beta gamma", vector=(1.0, 1.0, 1.0), filter=Filter(tenant="t"))
+    )
+    assert [h.chunk.id for h in result.hits] == ["c"]
+    assert {f.tenant for _, _, f in backend.calls} == {"t"}
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        (SearchQuery(query=" ", vector=(1.0, 0.0, 0.0)), "query"),
+        (SearchQuery(query="x" * 9000, mode=SearchMode.LEXICAL), "query"),
+        (SearchQuery(query="alpha"), "query_vector"),
+        (SearchQuery(mode=SearchMode.DENSE, vector=(1.0, 0.0)), "query_vector"),
+        (SearchQuery(mode=SearchMode.DENSE, vector=(0.0, 0.0, 0.0)), "query_vector"),
+        (SearchQuery(mode=SearchMode.DENSE, vector=(float("nan"), 0.0, 1.0)), "query_vector"),
+        (SearchQuery(query="alpha", mode=SearchMode.LEXICAL, top_k=0), "top_k"),
+        (SearchQuery(query="alpha", mode=SearchMode.LEXICAL, top_k=6), "top_k"),
+        (SearchQuery(query="alpha", mode=SearchMode.LEXICAL, candidate_k=1001), "candidate_k"),
+        (
+            SearchQuery(query="alpha", mode=SearchMode.LEXICAL, dense_weight=1.5),
+            "fusion.dense_weight",
+        ),
+        (
+            SearchQuery(query="alpha", mode=SearchMode.LEXICAL, fusion=FusionMethod.RRF, rrf_k=-1),
+            "rrf_k",
+        ),
+    ],
+)
+async def test_invalid_searches_name_the_field(
+    core: Retriever, query: SearchQuery, field: str
+) -> None:
+    with pytest.raises(InvalidInput) as raised:
+        await core.search(query)
+    assert raised.value.message.startswith(f"{field}:")
+
+
+@pytest.mark.parametrize(
+    ("chunks", "field"),
+    [
+        ([Chunk(id="", text="x")], "chunks[0].id"),
+        ([Chunk(id="ok", text="x"), Chunk(id="e", text="  ")], "chunks[1].text"),
+        ([Chunk(id="v", text="x", vector=(1.0, 2.0))], "chunks[0].vector"),
+        ([Chunk(id=str(i), text="x") for i in range(5)], "chunks"),
+    ],
+)
+async def test_invalid_upserts_name_the_chunk(
+    core: Retriever, chunks: list[Chunk], field: str
+) -> None:
+    with pytest.raises(InvalidInput) as raised:
+        await core.upsert(chunks)
+    assert raised.value.message.startswith(f"{field}:")
+
+
+async def test_delete_needs_ids_or_filter(core: Retriever) -> None:
+    with pytest.raises(InvalidInput, match="ids, filter"):
+        await core.delete([], Filter())
+    assert await core.delete([], Filter(source="s1")) == 2
+    assert (await core.stats()).chunks == 1

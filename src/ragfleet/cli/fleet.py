@@ -1,0 +1,266 @@
+"""Local fleet management: start the four services and local Ray as background processes,
+wait for them to be healthy, and stop them again.
+
+State lives under ``home`` (default ``./var``): ``run/<name>.pid``, ``logs/<name>.log`` and the
+services' data (index, model cache).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class FleetSettings(BaseSettings):
+    """Where the local fleet lives and listens. Each ``*_port`` field reads the same variable as
+    the service it belongs to (``RAGFLEET_EMBEDDER_PORT`` and so on), so one setting configures
+    both."""
+
+    model_config = SettingsConfigDict(env_prefix="RAGFLEET_", extra="ignore")
+
+    home: Path = Field(default=Path("var"), description="state directory of the local fleet")
+    host: str = "127.0.0.1"
+    gateway_port: int = 50050
+    gateway_rest_port: int = 8080
+    embedder_port: int = 50051
+    retriever_port: int = 50052
+    generator_port: int = 50053
+    generator_http_port: int = 8001
+    ray_port: int = Field(default=6380, description="GCS port of the local Ray head")
+    ray_num_cpus: int = Field(default=0, ge=0, description="CPUs Ray may use; 0 means all")
+    startup_timeout_s: float = 600.0
+
+    def address(self, port: int) -> str:
+        return f"{self.host}:{port}"
+
+    @property
+    def gateway_address(self) -> str:
+        return self.address(self.gateway_port)
+
+    @property
+    def ray_address(self) -> str:
+        return self.address(self.ray_port)
+
+
+@dataclass(frozen=True)
+class ServiceProcess:
+    """A service the CLI runs as a background process, and where its health is answered."""
+
+    name: str
+    module: str
+    port: int
+    env: Mapping[str, str]
+
+
+# The local Ray head listens on loopback only and requires Ray's token authentication; drivers
+# that connect to it (the generator deployer) find the token in ~/.ray/auth_token.
+RAY_ENV = {"RAY_AUTH_MODE": "token"}
+
+
+def _bin(name: str) -> str:
+    """A console script installed next to the running interpreter."""
+    return str(Path(sys.executable).parent / name)
+
+
+class Fleet:
+    def __init__(self, settings: FleetSettings) -> None:
+        self.settings = settings
+        self.home = settings.home.resolve()
+        self.run_dir = self.home / "run"
+        self.log_dir = self.home / "logs"
+
+    # --- what runs -----------------------------------------------------------------------
+    def services(self) -> list[ServiceProcess]:
+        s = self.settings
+        common = {"RAGFLEET_LOG_FORMAT": "json"}
+        return [
+            ServiceProcess(
+                "embedder",
+                "ragfleet_embedder",
+                s.embedder_port,
+                {
+                    **common,
+                    "RAGFLEET_EMBEDDER_HOST": s.host,
+                    "RAGFLEET_EMBEDDER_PORT": str(s.embedder_port),
+                },
+            ),
+            ServiceProcess(
+                "retriever",
+                "ragfleet_retriever",
+                s.retriever_port,
+                {
+                    **common,
+                    "RAGFLEET_RETRIEVER_HOST": s.host,
+                    "RAGFLEET_RETRIEVER_PORT": str(s.retriever_port),
+                    "RAGFLEET_RETRIEVER_DATA_DIR": str(self.home / "index"),
+                },
+            ),
+            ServiceProcess(
+                "gateway",
+                "ragfleet_gateway",
+                s.gateway_port,
+                {
+                    **common,
+                    "RAGFLEET_GATEWAY_HOST": s.host,
+                    "RAGFLEET_GATEWAY_PORT": str(s.gateway_port),
+                    "RAGFLEET_GATEWAY_REST_PORT": str(s.gateway_rest_port),
+                    "RAGFLEET_GATEWAY_EMBEDDER_ADDRESS": s.address(s.embedder_port),
+                    "RAGFLEET_GATEWAY_RETRIEVER_ADDRESS": s.address(s.retriever_port),
+                    "RAGFLEET_GATEWAY_GENERATOR_ADDRESS": s.address(s.generator_port),
+                },
+            ),
+        ]
+
+    def generator_env(self) -> dict[str, str]:
+        s = self.settings
+        return {
+            **RAY_ENV,
+            "RAGFLEET_GENERATOR_RAY_ADDRESS": s.ray_address,
+            "RAGFLEET_GENERATOR_HOST": s.host,
+            "RAGFLEET_GENERATOR_PORT": str(s.generator_port),
+            "RAGFLEET_GENERATOR_HTTP_PORT": str(s.generator_http_port),
+            "RAGFLEET_GENERATOR_MODEL_CACHE_DIR": str(self.home / "models"),
+        }
+
+    def health_targets(self) -> dict[str, str]:
+        s = self.settings
+        return {
+            "embedder": s.address(s.embedder_port),
+            "retriever": s.address(s.retriever_port),
+            "generator": s.address(s.generator_port),
+            "gateway": s.address(s.gateway_port),
+        }
+
+    # --- processes -----------------------------------------------------------------------
+    def _pid_file(self, name: str) -> Path:
+        return self.run_dir / f"{name}.pid"
+
+    def running_pid(self, name: str) -> int | None:
+        try:
+            pid = int(self._pid_file(name).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        return pid
+
+    def spawn(self, name: str, argv: list[str], env: Mapping[str, str]) -> int:
+        """Starts ``argv`` in its own session (so ``down`` can stop it and its children), with
+        output appended to ``logs/<name>.log``; returns the pid."""
+        if (pid := self.running_pid(name)) is not None:
+            return pid
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_dir / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **env},
+                start_new_session=True,
+            )
+        self._pid_file(name).write_text(str(proc.pid))
+        return proc.pid
+
+    def start_ray(self) -> None:
+        s = self.settings
+        argv = [
+            _bin("ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={s.ray_port}",
+            f"--node-ip-address={s.host}",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ]
+        if s.ray_num_cpus:
+            argv.append(f"--num-cpus={s.ray_num_cpus}")
+        self.spawn("ray", argv, {**RAY_ENV, "RAY_USAGE_STATS_ENABLED": "0"})
+
+    def deploy_generator(self, timeout_s: float) -> None:
+        """Deploys the generator application onto the local Ray cluster and waits for it."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_dir / "generator.log", "ab") as log:
+            result = subprocess.run(
+                [sys.executable, "-m", "ragfleet_generator"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.generator_env()},
+                timeout=timeout_s,
+                check=False,
+            )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"the generator failed to deploy (exit {result.returncode}):\n"
+                + self.log_tail("generator")
+            )
+
+    def stop(self, name: str, grace_s: float = 15.0) -> bool:
+        """SIGTERM to the process group, SIGKILL after ``grace_s``. True if it was running."""
+        pid = self.running_pid(name)
+        self._pid_file(name).unlink(missing_ok=True)
+        if pid is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        return True
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        path = self.log_dir / f"{name}.log"
+        if not path.exists():
+            return f"(no log at {path})"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+async def health_status(address: str, timeout_s: float = 2.0) -> str:
+    """The grpc.health.v1 status of the whole server at ``address``, or why it did not answer."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
+        except grpc.aio.AioRpcError as err:
+            return f"DOWN ({err.code().name})"
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+async def wait_serving(targets: Mapping[str, str], timeout_s: float) -> dict[str, str]:
+    """Polls until every target reports SERVING or the timeout passes; returns the last status."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        statuses = dict(
+            zip(
+                targets,
+                await asyncio.gather(*(health_status(a) for a in targets.values())),
+                strict=True,
+            )
+        )
+        if all(v == "SERVING" for v in statuses.values()) or time.monotonic() > deadline:
+            return statuses
+        await asyncio.sleep(0.5)

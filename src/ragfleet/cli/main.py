@@ -1,0 +1,202 @@
+"""``ragfleet up | down | status | ingest | ask``."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import grpc
+import typer
+
+from ragfleet.cli.documents import iter_files, read_document
+from ragfleet.cli.fleet import Fleet, FleetSettings, health_status, wait_serving
+from ragfleet.common.v1 import common_pb2
+from ragfleet.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from ragfleet.retriever.v1 import retriever_pb2, retriever_pb2_grpc
+from ragfleet.runtime.clients import insecure_channel
+
+app = typer.Typer(
+    help="ragfleet: retrieval-augmented generation as gRPC microservices.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+MODES = {
+    "hybrid": common_pb2.SEARCH_MODE_HYBRID,
+    "lexical": common_pb2.SEARCH_MODE_LEXICAL,
+    "dense": common_pb2.SEARCH_MODE_DENSE,
+}
+INGEST_BATCH_DOCUMENTS = 16
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.secho(message, err=True, fg=typer.colors.RED)
+    return typer.Exit(code)
+
+
+def _rpc_error(err: grpc.aio.AioRpcError) -> typer.Exit:
+    return _fail(f"{err.code().name}: {err.details()}", code=2)
+
+
+@app.command()
+def up(
+    corpus: Annotated[Path, typer.Option(help="ingested when the index is empty")] = Path("docs"),
+    ingest_corpus: Annotated[bool, typer.Option("--ingest/--no-ingest")] = True,
+) -> None:
+    """Start local Ray and the four services, wait until all are SERVING, ingest the corpus
+    when the index is empty, and print the addresses."""
+    settings = FleetSettings()
+    fleet = Fleet(settings)
+    started = time.monotonic()
+    fleet.start_ray()
+    for service in fleet.services():
+        fleet.spawn(service.name, [sys.executable, "-m", service.module], service.env)
+    typer.echo("starting Ray and the services...")
+    try:
+        fleet.deploy_generator(timeout_s=settings.startup_timeout_s)
+    except (RuntimeError, TimeoutError) as err:
+        raise _fail(str(err)) from err
+    statuses = asyncio.run(wait_serving(fleet.health_targets(), settings.startup_timeout_s))
+    not_ready = [name for name, status in statuses.items() if status != "SERVING"]
+    if not_ready:
+        for name in not_ready:
+            typer.echo(f"--- {name}: {statuses[name]}; last log lines:\n{fleet.log_tail(name)}")
+        raise _fail(f"not SERVING after {settings.startup_timeout_s:.0f}s: {', '.join(not_ready)}")
+    typer.echo(f"all services SERVING after {time.monotonic() - started:.1f}s")
+    if ingest_corpus and asyncio.run(_index_is_empty(settings)):
+        if not corpus.exists():
+            raise _fail(f"the index is empty and the corpus {corpus} does not exist")
+        asyncio.run(_ingest(settings, corpus, tenant=""))
+    for name, address in fleet.health_targets().items():
+        typer.echo(f"{name:<10} grpc://{address}")
+    typer.echo(f"{'rest':<10} http://{settings.host}:{settings.gateway_rest_port}/docs")
+
+
+@app.command()
+def down() -> None:
+    """Stop the services and local Ray (SIGTERM, then SIGKILL after a grace period)."""
+    fleet = Fleet(FleetSettings())
+    for name in ("gateway", "embedder", "retriever", "ray"):
+        if fleet.stop(name):
+            typer.echo(f"stopped {name}")
+
+
+@app.command()
+def status() -> None:
+    """Health of each service (grpc.health.v1)."""
+    fleet = Fleet(FleetSettings())
+
+    async def check() -> dict[str, str]:
+        targets = fleet.health_targets()
+        results = await asyncio.gather(*(health_status(a) for a in targets.values()))
+        return dict(zip(targets, results, strict=True))
+
+    statuses = asyncio.run(check())
+    for name, address in fleet.health_targets().items():
+        typer.echo(f"{name:<10} {address:<22} {statuses[name]}")
+    if any(s != "SERVING" for s in statuses.values()):
+        raise typer.Exit(1)
+
+
+@app.command()
+def ingest(
+    path: Annotated[Path, typer.Argument(exists=True, help="a file or a directory")],
+    tenant: str = "",
+) -> None:
+    """Chunk, embed and index Markdown, text and HTML files through the gateway."""
+    asyncio.run(_ingest(FleetSettings(), path, tenant))
+
+
+@app.command()
+def ask(
+    question: str,
+    top_k: Annotated[int | None, typer.Option(help="passages given to the model")] = None,
+    mode: Annotated[str, typer.Option(help="hybrid, lexical or dense")] = "hybrid",
+    tenant: str = "",
+    max_tokens: int = 0,
+    timeout: Annotated[float, typer.Option(help="seconds")] = 120.0,
+) -> None:
+    """Ask a question: streams the answer, then prints its citations."""
+    if mode not in MODES:
+        raise _fail(f"--mode must be one of {', '.join(MODES)}", code=2)
+    request = gateway_pb2.AskRequest(
+        question=question,
+        retrieval=gateway_pb2.RetrievalOptions(
+            top_k=top_k, mode=MODES[mode], filter=common_pb2.Filter(tenant=tenant)
+        ),
+        max_tokens=max_tokens,
+    )
+    asyncio.run(_ask(FleetSettings(), request, timeout))
+
+
+async def _index_is_empty(settings: FleetSettings) -> bool:
+    async with insecure_channel(settings.address(settings.retriever_port)) as channel:
+        stats = await retriever_pb2_grpc.RetrieverServiceStub(channel).GetStats(
+            retriever_pb2.GetStatsRequest(), timeout=10
+        )
+    return stats.chunks == 0
+
+
+async def _ingest(settings: FleetSettings, root: Path, tenant: str) -> None:
+    files = list(iter_files(root))
+    if not files:
+        raise _fail(f"no Markdown, text or HTML files under {root}")
+    totals = gateway_pb2.IngestResponse()
+    async with insecure_channel(settings.gateway_address) as channel:
+        stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+        for start in range(0, len(files), INGEST_BATCH_DOCUMENTS):
+            batch = [read_document(p) for p in files[start : start + INGEST_BATCH_DOCUMENTS]]
+            try:
+                reply = await stub.Ingest(
+                    gateway_pb2.IngestRequest(documents=batch, tenant=tenant), timeout=600
+                )
+            except grpc.aio.AioRpcError as err:
+                raise _rpc_error(err) from err
+            totals.documents += reply.documents
+            totals.chunks += reply.chunks
+            totals.unchanged += reply.unchanged
+            totals.replaced += reply.replaced
+    typer.echo(
+        f"ingested {totals.documents} documents from {root}: {totals.chunks} chunks "
+        f"({totals.unchanged} unchanged, {totals.replaced} replaced)"
+    )
+
+
+async def _ask(settings: FleetSettings, request: gateway_pb2.AskRequest, timeout_s: float) -> None:
+    async with insecure_channel(settings.gateway_address) as channel:
+        stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+        try:
+            streamed = False
+            async for event in stub.Ask(request, timeout=timeout_s):
+                kind = event.WhichOneof("event")
+                if kind == "token":
+                    streamed = True
+                    typer.echo(event.token, nl=False)
+                elif kind == "answer":
+                    _print_answer(event.answer, streamed)
+        except grpc.aio.AioRpcError as err:
+            raise _rpc_error(err) from err
+
+
+def _print_answer(answer: gateway_pb2.Answer, streamed: bool) -> None:
+    if not streamed:
+        typer.echo(answer.text, nl=False)
+    if answer.degraded:
+        typer.secho(f"\n\n(degraded: {'; '.join(answer.degraded_reasons)})", fg=typer.colors.YELLOW)
+    typer.echo("\n")
+    if answer.citations:
+        typer.echo("Citations:")
+        for c in answer.citations:
+            where = f" > {c.section}" if c.section else ""
+            typer.echo(f"  [{c.number}] {c.source}{where}  (chunk {c.chunk_id})")
+    else:
+        typer.echo("Citations: none")
+    timings = ", ".join(f"{t.stage} {t.ms:.0f} ms" for t in answer.timings)
+    typer.echo(
+        f"model {answer.model}; {answer.usage.completion_tokens} tokens; "
+        f"first token {answer.usage.time_to_first_token_ms:.0f} ms; "
+        f"{answer.usage.tokens_per_second:.1f} tok/s; {timings}"
+    )

@@ -1,0 +1,391 @@
+"""The Helm charts: lint every chart, render the umbrella chart in its main configurations, check
+what the rendered objects promise (kinds, native gRPC probes on the right ports, the gateway wired
+to the other Services, no architecture pinning, non-root pods) and validate them against the
+Kubernetes schemas. The RayService custom resource has no schema here: its pod templates are
+validated as PodTemplates and its Serve config against Ray Serve's own schema.
+
+helm comes from .venv/bin/helm (tools/install_helm.sh, run by make install) or from PATH.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[2]
+SERVICE_CHARTS = ("embedder", "retriever", "generator", "gateway")
+CHARTS = ("ragfleet-common", *SERVICE_CHARTS, "ragfleet")
+RELEASE = "rag"
+GRPC_PORTS = {"gateway": 50050, "embedder": 50051, "retriever": 50052, "generator": 50053}
+# The oldest Kubernetes the charts target (native gRPC probes are GA since 1.27) and the newest
+# schema kubernetes-validate ships.
+K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
+
+Manifest = dict[str, Any]
+Render = Callable[..., list[Manifest]]
+
+
+def _helm_binary() -> str:
+    local = REPO / ".venv" / "bin" / "helm"
+    if local.is_file() and os.access(local, os.X_OK):
+        return str(local)
+    on_path = shutil.which("helm")
+    if on_path is None:
+        pytest.fail(
+            "helm is neither at .venv/bin/helm nor on PATH: run tools/install_helm.sh "
+            "(make install runs it)"
+        )
+    return on_path
+
+
+@pytest.fixture(scope="module")
+def helm(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Runs helm with its config, cache and data kept in a temporary folder."""
+    binary = _helm_binary()
+    home = tmp_path_factory.mktemp("helm-home")
+    env = {
+        **os.environ,
+        "HELM_CONFIG_HOME": str(home / "config"),
+        "HELM_CACHE_HOME": str(home / "cache"),
+        "HELM_DATA_HOME": str(home / "data"),
+    }
+
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [binary, *args], env=env, capture_output=True, text=True, timeout=120
+        )
+        if check and result.returncode != 0:
+            pytest.fail(f"helm {' '.join(args)} failed:\n{result.stderr}")
+        return result
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def charts(
+    helm: Callable[..., subprocess.CompletedProcess[str]], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A copy of helm/ with every chart's file:// dependencies built (the tree stays clean)."""
+    root = tmp_path_factory.mktemp("charts") / "helm"
+    shutil.copytree(REPO / "helm", root, ignore=shutil.ignore_patterns("charts", "Chart.lock"))
+    # Service charts first: the umbrella packages them together with their built dependencies.
+    for chart in (*SERVICE_CHARTS, "ragfleet"):
+        helm("dependency", "build", str(root / chart))
+    return root
+
+
+@pytest.fixture(scope="module")
+def render(helm: Callable[..., subprocess.CompletedProcess[str]], charts: Path) -> Render:
+    def run(*set_values: str, chart: str = "ragfleet") -> list[Manifest]:
+        args = ["template", RELEASE, str(charts / chart), "--namespace", "ragfleet"]
+        for value in set_values:
+            args += ["--set", value]
+        documents = yaml.safe_load_all(helm(*args).stdout)
+        return [doc for doc in documents if doc]
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def default_objects(render: Render) -> list[Manifest]:
+    return render()
+
+
+@pytest.fixture(scope="module")
+def production_objects(render: Render) -> list[Manifest]:
+    return render(
+        "generator.gpu.enabled=true",
+        "generator.gpu.hfToken.existingSecret=hf-token",
+        "retriever.backend=opensearch",
+        "retriever.opensearch.url=https://opensearch-cluster-master:9200",
+        "retriever.opensearch.auth.existingSecret=opensearch-credentials",
+        "retriever.replicaCount=3",
+        "gateway.ingress.enabled=true",
+        "global.image.registry=registry.example.com/acme",
+        "global.image.tag=1.2.3",
+    )
+
+
+def find(objects: list[Manifest], kind: str, name: str) -> Manifest:
+    matches = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected one {kind} {name}, found {len(matches)}"
+    return matches[0]
+
+
+def workloads(objects: list[Manifest]) -> list[Manifest]:
+    return [o for o in objects if o["kind"] in ("Deployment", "StatefulSet")]
+
+
+def ray_pod_templates(rayservice: Manifest) -> Iterator[Manifest]:
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    yield cluster["headGroupSpec"]["template"]
+    for group in cluster.get("workerGroupSpecs", []):
+        yield group["template"]
+
+
+def all_pod_specs(objects: list[Manifest]) -> Iterator[dict[str, Any]]:
+    for workload in workloads(objects):
+        yield workload["spec"]["template"]["spec"]
+    for rayservice in (o for o in objects if o["kind"] == "RayService"):
+        for template in ray_pod_templates(rayservice):
+            yield template["spec"]
+
+
+def config_env(objects: list[Manifest], service: str) -> dict[str, str]:
+    data: dict[str, str] = find(objects, "ConfigMap", f"{RELEASE}-{service}")["data"]
+    return data
+
+
+def serve_config(objects: list[Manifest]) -> dict[str, Any]:
+    rayservice = find(objects, "RayService", f"{RELEASE}-generator")
+    config: dict[str, Any] = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
+    return config
+
+
+@pytest.mark.parametrize("chart", CHARTS)
+def test_chart_lints_clean(
+    helm: Callable[..., subprocess.CompletedProcess[str]], charts: Path, chart: str
+) -> None:
+    result = helm("lint", "--strict", str(charts / chart))
+    assert "0 chart(s) failed" in result.stdout
+
+
+def test_default_release_renders_every_service(default_objects: list[Manifest]) -> None:
+    kinds = {(o["kind"], o["metadata"]["name"]) for o in default_objects}
+    expected = {
+        ("Deployment", f"{RELEASE}-embedder"),
+        ("StatefulSet", f"{RELEASE}-retriever"),
+        ("Deployment", f"{RELEASE}-gateway"),
+        ("RayService", f"{RELEASE}-generator"),
+        *{("Service", f"{RELEASE}-{s}") for s in SERVICE_CHARTS},
+        *{("ConfigMap", f"{RELEASE}-{s}") for s in ("embedder", "retriever", "gateway")},
+        *{("PodDisruptionBudget", f"{RELEASE}-{s}") for s in ("embedder", "retriever", "gateway")},
+        *{("ServiceAccount", f"{RELEASE}-{s}") for s in ("embedder", "retriever", "gateway")},
+    }
+    assert expected <= kinds
+    assert not {k for k, _ in kinds} & {"HorizontalPodAutoscaler", "Ingress"}
+
+
+@pytest.mark.parametrize("service", ["embedder", "retriever", "gateway"])
+def test_probes_are_native_grpc_on_the_service_port(
+    default_objects: list[Manifest], service: str
+) -> None:
+    port = GRPC_PORTS[service]
+    (workload,) = [
+        w for w in workloads(default_objects) if w["metadata"]["name"] == f"{RELEASE}-{service}"
+    ]
+    (container,) = workload["spec"]["template"]["spec"]["containers"]
+    assert {"name": "grpc", "containerPort": port, "protocol": "TCP"} in container["ports"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"] == {"port": port}, probe
+    assert config_env(default_objects, service)[f"RAGFLEET_{service.upper()}_PORT"] == str(port)
+    assert config_env(default_objects, service)[f"RAGFLEET_{service.upper()}_HOST"] == "0.0.0.0"
+
+
+def test_services_expose_the_grpc_ports(default_objects: list[Manifest]) -> None:
+    for service, port in GRPC_PORTS.items():
+        ports = find(default_objects, "Service", f"{RELEASE}-{service}")["spec"]["ports"]
+        assert {"name": "grpc", "port": port, "targetPort": port}.items() <= ports[0].items()
+    gateway_ports = find(default_objects, "Service", f"{RELEASE}-gateway")["spec"]["ports"]
+    assert [p["port"] for p in gateway_ports] == [50050, 8080]
+
+
+def test_gateway_points_at_the_other_services(default_objects: list[Manifest]) -> None:
+    env = config_env(default_objects, "gateway")
+    for upstream in ("embedder", "retriever", "generator"):
+        host, port = env[f"RAGFLEET_GATEWAY_{upstream.upper()}_ADDRESS"].split(":")
+        service = find(default_objects, "Service", host)
+        assert int(port) in [p["port"] for p in service["spec"]["ports"]]
+        assert host == f"{RELEASE}-{upstream}"
+    assert env["RAGFLEET_GATEWAY_REST_PORT"] == "8080"
+    assert (
+        env["RAGFLEET_GATEWAY_GENERATOR_APPLICATION"]
+        == serve_config(default_objects)["applications"][0]["name"]
+    )
+
+
+def test_generator_service_reaches_the_serve_grpc_proxy(default_objects: list[Manifest]) -> None:
+    service = find(default_objects, "Service", f"{RELEASE}-generator")
+    assert service["spec"]["selector"]["ray.io/serve"] == "true"
+    for template in ray_pod_templates(find(default_objects, "RayService", f"{RELEASE}-generator")):
+        labels = template["metadata"]["labels"]
+        selector = {k: v for k, v in service["spec"]["selector"].items() if k != "ray.io/serve"}
+        assert selector.items() <= labels.items()
+        ports = {p["name"]: p["containerPort"] for p in template["spec"]["containers"][0]["ports"]}
+        assert ports["grpc"] == 50053
+        # KubeRay checks Serve's HTTP proxy health on the port named "serve".
+        assert ports["serve"] == serve_config(default_objects)["http_options"]["port"]
+
+
+def test_serve_config_deploys_the_app_with_grpc_options(default_objects: list[Manifest]) -> None:
+    config = serve_config(default_objects)
+    assert config["grpc_options"]["port"] == 50053
+    assert config["grpc_options"]["grpc_servicer_functions"] == [
+        "ragfleet.generator.v1.generator_pb2_grpc.add_GeneratorServiceServicer_to_server",
+        "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
+    ]
+    (app,) = config["applications"]
+    assert app["import_path"] == "ragfleet_generator.app:build_app"
+    env = app["runtime_env"]["env_vars"]
+    assert env["RAGFLEET_GENERATOR_ENGINE"] == "llama_cpp"
+    assert env["RAGFLEET_GENERATOR_PORT"] == "50053"
+    assert all(isinstance(v, str) for v in env.values())
+    assert "deployments" not in app
+
+
+@pytest.mark.parametrize("objects_fixture", ["default_objects", "production_objects"])
+def test_serve_config_matches_ray_serve_schema(
+    request: pytest.FixtureRequest, objects_fixture: str
+) -> None:
+    schema = pytest.importorskip("ray.serve.schema")
+    schema.ServeDeploySchema.parse_obj(serve_config(request.getfixturevalue(objects_fixture)))
+
+
+def test_rayservice_shape(default_objects: list[Manifest]) -> None:
+    rayservice = find(default_objects, "RayService", f"{RELEASE}-generator")
+    assert rayservice["apiVersion"] == "ray.io/v1"
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    assert cluster["rayVersion"] == "2.60.0"
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    (cpu,) = cluster["workerGroupSpecs"]
+    assert cpu["groupName"] == "cpu"
+    assert cpu["minReplicas"] <= cpu["replicas"] <= cpu["maxReplicas"]
+    assert "nvidia.com/gpu" not in yaml.safe_dump(rayservice)
+
+
+@pytest.mark.parametrize("objects_fixture", ["default_objects", "production_objects"])
+def test_pods_run_as_non_root_with_a_drain_margin(
+    request: pytest.FixtureRequest, objects_fixture: str
+) -> None:
+    objects: list[Manifest] = request.getfixturevalue(objects_fixture)
+    specs = list(all_pod_specs(objects))
+    assert len(specs) >= 5
+    for spec in specs:
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        for container in spec["containers"]:
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False
+            assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    for workload in workloads(objects):
+        service = workload["metadata"]["name"].removeprefix(f"{RELEASE}-")
+        spec = workload["spec"]["template"]["spec"]
+        assert spec["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+        assert spec["automountServiceAccountToken"] is False
+        grace = float(config_env(objects, service)[f"RAGFLEET_{service.upper()}_GRACE_PERIOD_S"])
+        assert spec["terminationGracePeriodSeconds"] > grace
+
+
+@pytest.mark.parametrize("objects_fixture", ["default_objects", "production_objects"])
+def test_nothing_pins_an_architecture(request: pytest.FixtureRequest, objects_fixture: str) -> None:
+    rendered = yaml.safe_dump_all(request.getfixturevalue(objects_fixture))
+    assert "kubernetes.io/arch" not in rendered
+    assert "amd64" not in rendered
+    assert "x86" not in rendered
+
+
+def test_production_switches_backends_and_adds_gpus(production_objects: list[Manifest]) -> None:
+    kinds = {(o["kind"], o["metadata"]["name"]) for o in production_objects}
+    assert ("Deployment", f"{RELEASE}-retriever") in kinds
+    assert ("StatefulSet", f"{RELEASE}-retriever") not in kinds
+    assert ("Ingress", f"{RELEASE}-gateway") in kinds
+
+    retriever = find(production_objects, "Deployment", f"{RELEASE}-retriever")
+    assert retriever["spec"]["replicas"] == 3
+    env = config_env(production_objects, "retriever")
+    assert env["RAGFLEET_RETRIEVER_BACKEND"] == "opensearch"
+    assert env["RAGFLEET_RETRIEVER_OPENSEARCH_URL"] == "https://opensearch-cluster-master:9200"
+    assert "RAGFLEET_RETRIEVER_DATA_DIR" not in env
+    secret_env = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in retriever["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert secret_env["RAGFLEET_RETRIEVER_OPENSEARCH_PASSWORD"] == {
+        "name": "opensearch-credentials",
+        "key": "password",
+    }
+
+    rayservice = find(production_objects, "RayService", f"{RELEASE}-generator")
+    groups = {g["groupName"]: g for g in rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
+    assert set(groups) == {"cpu", "gpu"}
+    gpu_container = groups["gpu"]["template"]["spec"]["containers"][0]
+    assert gpu_container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert {
+        "name": "HF_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "HF_TOKEN"}},
+    } in gpu_container["env"]
+    assert any(
+        t["key"] == "nvidia.com/gpu" for t in groups["gpu"]["template"]["spec"]["tolerations"]
+    )
+
+    (app,) = serve_config(production_objects)["applications"]
+    env = app["runtime_env"]["env_vars"]
+    assert env["RAGFLEET_GENERATOR_ENGINE"] == "vllm"
+    assert yaml.safe_load(env["RAGFLEET_GENERATOR_MODELS"]) == [
+        "mistral-7b-instruct",
+        "llama-2-7b-chat",
+    ]
+    assert app["deployments"] == [
+        {"name": "GeneratorDeployment", "ray_actor_options": {"num_cpus": 2, "num_gpus": 1}}
+    ]
+    images = {c["image"] for spec in all_pod_specs(production_objects) for c in spec["containers"]}
+    assert all(i.startswith("registry.example.com/acme/ragfleet/") for i in images)
+    assert all(i.endswith(":1.2.3") for i in images)
+
+
+def test_services_can_be_turned_off(render: Render) -> None:
+    objects = render("generator.enabled=false", "gateway.upstreams.generator.address=llm:50053")
+    assert not [o for o in objects if o["kind"] == "RayService"]
+    assert config_env(objects, "gateway")["RAGFLEET_GATEWAY_GENERATOR_ADDRESS"] == "llm:50053"
+
+
+def test_embedded_index_refuses_more_than_one_replica(
+    helm: Callable[..., subprocess.CompletedProcess[str]], charts: Path
+) -> None:
+    result = helm(
+        "template",
+        RELEASE,
+        str(charts / "ragfleet"),
+        "--set",
+        "retriever.replicaCount=2",
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "backend=embedded keeps the index in one pod's volume" in result.stderr
+
+
+def _validation_targets(objects: list[Manifest]) -> Iterator[Manifest]:
+    """Every core object, plus the RayService's pod templates as v1 PodTemplates."""
+    for obj in objects:
+        if obj["kind"] == "RayService":
+            for index, template in enumerate(ray_pod_templates(obj)):
+                yield {
+                    "apiVersion": "v1",
+                    "kind": "PodTemplate",
+                    "metadata": {"name": f"{obj['metadata']['name']}-{index}"},
+                    "template": template,
+                }
+        else:
+            yield obj
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("objects_fixture", ["default_objects", "production_objects"])
+def test_objects_match_the_kubernetes_schemas(
+    request: pytest.FixtureRequest, objects_fixture: str, version: str
+) -> None:
+    objects: list[Manifest] = request.getfixturevalue(objects_fixture)
+    targets = list(_validation_targets(objects))
+    assert len(targets) > len(objects)
+    for target in targets:
+        kubernetes_validate.validate(target, version, strict=True)
