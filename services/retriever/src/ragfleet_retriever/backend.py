@@ -1,10 +1,12 @@
-"""The interface every index backend implements (embedded today, OpenSearch next)."""
+"""The interface every index backend implements (embedded, OpenSearch), and the optional
+server-side hybrid search a backend may add."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
+from ragfleet.fusion import FusionMethod
 from ragfleet_retriever.domain import Chunk, Filter, IndexStats, ScoredId
 
 
@@ -45,3 +47,25 @@ class IndexBackend(Protocol):
     def stats(self) -> IndexStats: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class ServerSideHybrid(Protocol):
+    """A backend that can run a hybrid search and fuse it itself, in one round trip."""
+
+    def search_hybrid(
+        self,
+        query: str,
+        vector: Sequence[float],
+        k: int,
+        candidate_k: int,
+        fusion: FusionMethod,
+        *,
+        dense_weight: float,
+        rrf_k: int,
+        filter: Filter = ...,
+    ) -> list[ScoredId] | None:
+        """The ``k`` best chunks by ``fusion`` over ``candidate_k`` candidates from each
+        sub-search, both filtered by ``filter``; None when the backend cannot fuse with these
+        parameters (the caller then fuses the two sub-searches itself)."""
+        ...

@@ -1,23 +1,34 @@
 """The retriever's core: validates requests against the documented limits, runs lexical, dense or
 hybrid search on an ``IndexBackend`` and fuses with ``ragfleet.fusion``. No gRPC here.
 
-Backend calls block (tantivy, usearch, SQLite), so each request runs them in one worker thread
-and the event loop stays free.
+Backend calls block (tantivy, usearch and SQLite, or HTTP to OpenSearch), so each request runs
+them in one worker thread and the event loop stays free. A backend that implements
+``ServerSideHybrid`` may fuse a hybrid search itself; the core fuses when it declines.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ragfleet.fusion import FusedHit, FusionMethod, make_fuser
 from ragfleet.runtime.errors import InvalidInput, Unavailable
-from ragfleet_retriever.backend import IndexBackend
-from ragfleet_retriever.domain import MATCH_ALL, Chunk, Filter, Hit, IndexStats, SearchMode
+from ragfleet_retriever.backend import IndexBackend, ServerSideHybrid
+from ragfleet_retriever.domain import (
+    MATCH_ALL,
+    MAX_ID_BYTES,
+    MAX_METADATA_VALUE_CHARS,
+    METADATA_KEY_PATTERN,
+    Chunk,
+    Filter,
+    Hit,
+    IndexStats,
+    SearchMode,
+)
 from ragfleet_retriever.settings import RetrieverSettings
 
 
@@ -56,6 +67,19 @@ def _check_vector(name: str, vector: Sequence[float], dimension: int) -> None:
         raise InvalidInput(f"{name}: every value must be finite")
     if not values.any():
         raise InvalidInput(f"{name}: must not be all zeros (cosine similarity is undefined)")
+
+
+def _check_metadata(name: str, metadata: Mapping[str, str]) -> None:
+    for key, value in metadata.items():
+        if not METADATA_KEY_PATTERN.fullmatch(key):
+            raise InvalidInput(
+                f"{name}[{key!r}]: not a metadata key; metadata keys are 1 to 64 letters, "
+                "digits, '_' or '-'"
+            )
+        if len(value) > MAX_METADATA_VALUE_CHARS:
+            raise InvalidInput(
+                f"{name}[{key!r}]: at most {MAX_METADATA_VALUE_CHARS} characters, got {len(value)}"
+            )
 
 
 def _check_range(name: str, value: int, low: int, high: int) -> int:
@@ -112,11 +136,10 @@ class Retriever:
         )
         if not (math.isfinite(dense_weight) and 0.0 <= dense_weight <= 1.0):
             raise InvalidInput(f"fusion.dense_weight: must be in [0, 1], got {dense_weight}")
-        fuser = make_fuser(
-            request.fusion or settings.default_fusion,
-            rrf_k=settings.default_rrf_k if request.rrf_k is None else request.rrf_k,
-            dense_weight=dense_weight,
-        )
+        fusion = request.fusion or settings.default_fusion
+        rrf_k = settings.default_rrf_k if request.rrf_k is None else request.rrf_k
+        fuser = make_fuser(fusion, rrf_k=rrf_k, dense_weight=dense_weight)
+        _check_metadata("filter.equals", request.filter.equals)
         if mode in (SearchMode.LEXICAL, SearchMode.HYBRID):
             if not request.query.strip():
                 raise InvalidInput(f"query: must not be empty in {mode} mode")
@@ -140,10 +163,28 @@ class Retriever:
                 found = backend.search_dense(request.vector, top_k, filter)
                 fused = [FusedHit(h.id, h.score, 0, i) for i, h in enumerate(found, 1)]
             else:
-                fused = fuser(
-                    backend.search_lexical(request.query, sub_k, filter),
-                    backend.search_dense(request.vector, sub_k, filter),
-                    top_k,
+                served = (
+                    backend.search_hybrid(
+                        request.query,
+                        request.vector,
+                        top_k,
+                        sub_k,
+                        fusion,
+                        dense_weight=dense_weight,
+                        rrf_k=rrf_k,
+                        filter=filter,
+                    )
+                    if isinstance(backend, ServerSideHybrid)
+                    else None
+                )
+                fused = (
+                    [FusedHit(h.id, h.score, 0, 0) for h in served]
+                    if served is not None
+                    else fuser(
+                        backend.search_lexical(request.query, sub_k, filter),
+                        backend.search_dense(request.vector, sub_k, filter),
+                        top_k,
+                    )
                 )
             chunks = backend.fetch([hit.id for hit in fused])
             # A chunk deleted between the search and the fetch is left out, not reported empty.
@@ -165,10 +206,16 @@ class Retriever:
         for index, chunk in enumerate(chunks):
             if not chunk.id:
                 raise InvalidInput(f"chunks[{index}].id: must not be empty")
+            if len(chunk.id.encode()) > MAX_ID_BYTES:
+                raise InvalidInput(
+                    f"chunks[{index}].id: at most {MAX_ID_BYTES} bytes (UTF-8), "
+                    f"got {len(chunk.id.encode())}"
+                )
             if not chunk.text.strip():
                 raise InvalidInput(f"chunks[{index}].text: must not be empty")
             if chunk.vector:
                 _check_vector(f"chunks[{index}].vector", chunk.vector, backend.dimension)
+            _check_metadata(f"chunks[{index}].metadata", chunk.metadata)
         if not chunks:
             return 0
         return await asyncio.to_thread(backend.upsert, chunks)
@@ -185,6 +232,7 @@ class Retriever:
         for index, chunk_id in enumerate(ids):
             if not chunk_id:
                 raise InvalidInput(f"ids[{index}]: must not be empty")
+        _check_metadata("filter.equals", filter.equals)
         return await asyncio.to_thread(backend.delete, ids=list(ids) or None, filter=filter)
 
     async def stats(self) -> IndexStats:

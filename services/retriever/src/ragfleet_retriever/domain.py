@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
+
+# Limits every backend can honour. Metadata keys become field names in OpenSearch
+# (``metadata.<key>``), so a dot (an object path there) or an empty key is refused everywhere.
+METADATA_KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_METADATA_VALUE_CHARS = 2048
+# OpenSearch refuses document ids longer than 512 bytes.
+MAX_ID_BYTES = 512
 
 
 class SearchMode(StrEnum):
@@ -33,7 +41,8 @@ class Filter:
     """Conjunction of conditions; an empty field matches everything.
 
     ``tenant`` and ``source`` must equal the chunk's; every ``equals`` pair must be in the
-    chunk's metadata.
+    chunk's metadata. ``equals`` keys are metadata keys (``METADATA_KEY_PATTERN``); there is
+    no other field to filter on.
     """
 
     tenant: str = ""
@@ -65,7 +74,8 @@ class ScoredId(NamedTuple):
 @dataclass(frozen=True, slots=True)
 class Hit:
     """A search result. ``score`` is fused for hybrid search, the backend's score otherwise;
-    ranks are 1-based within each sub-search, 0 when absent from it."""
+    ranks are 1-based within each sub-search, 0 when absent from it. A hybrid search fused by
+    the backend itself (``ServerSideHybrid``) reports only the fused score: both ranks 0."""
 
     chunk: Chunk
     score: float

@@ -2,14 +2,54 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from ragfleet.fusion import DEFAULT_DENSE_WEIGHT, DEFAULT_RRF_K, FusionMethod
 from ragfleet.runtime.settings import ServiceSettings
+
+
+class BackendKind(StrEnum):
+    EMBEDDED = "embedded"
+    """tantivy + usearch files under ``data_dir`` (the default; one replica)."""
+    OPENSEARCH = "opensearch"
+    """An OpenSearch cluster at ``opensearch_url`` (stateless retriever; scales out)."""
+
+
+class KnnEngine(StrEnum):
+    FAISS = "faiss"
+    LUCENE = "lucene"
+
+
+class SpaceType(StrEnum):
+    COSINESIMIL = "cosinesimil"
+    """Cosine similarity; with engine faiss it needs OpenSearch 2.19 or later."""
+    INNERPRODUCT = "innerproduct"
+    """Inner product of unit vectors (the backend normalises them), which equals cosine
+    similarity; works with faiss from 2.9 and lucene from 2.13."""
+
+
+class RefreshPolicy(StrEnum):
+    WAIT_FOR = "wait_for"
+    """An upsert returns once its chunks are searchable."""
+    FALSE = "false"
+    """An upsert returns once its chunks are durable; they become searchable at the next
+    refresh (``index.refresh_interval``). For bulk loads."""
+
+
+class HybridExecution(StrEnum):
+    CLIENT = "client"
+    """Lexical and dense searches run separately and are fused by ``ragfleet.fusion``, exactly
+    as with the embedded backend."""
+    SERVER = "server"
+    """One ``hybrid`` query fused by an OpenSearch search pipeline (normalization-processor
+    for weighted fusion, score-ranker-processor for RRF on 2.19+) when the request uses the
+    default fusion parameters; other requests are fused in our code."""
 
 
 class RetrieverSettings(ServiceSettings):
@@ -24,7 +64,7 @@ class RetrieverSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="RAGFLEET_RETRIEVER_", extra="ignore", frozen=True)
 
     port: int = Field(default=50052, ge=0, le=65535, description="0 picks a free port")
-    backend: Literal["embedded"] = "embedded"
+    backend: BackendKind = BackendKind.EMBEDDED
     data_dir: Path = Field(
         default=Path("var/index"), description="where the embedded backend keeps its files"
     )
@@ -45,6 +85,49 @@ class RetrieverSettings(ServiceSettings):
         description="filtered dense search scans the filter's matches exactly when at most "
         "this many, and over-fetches from the ANN index otherwise",
     )
+    opensearch_url: str = Field(
+        default="",
+        description="http(s)://host:port of the OpenSearch cluster; required with "
+        "backend=opensearch",
+    )
+    opensearch_index: str = Field(
+        default="ragfleet-chunks",
+        pattern=r"^[a-z0-9][a-z0-9_.-]{0,199}$",
+        description="index holding the chunks; created on start-up when missing",
+    )
+    opensearch_username: str = ""
+    opensearch_password: SecretStr = SecretStr("")
+    opensearch_verify_certs: bool = Field(
+        default=True, description="verify the cluster's TLS certificate (https only)"
+    )
+    opensearch_ca_certs: Path | None = Field(
+        default=None, description="CA bundle to verify the cluster's certificate with"
+    )
+    opensearch_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="timeout of each request to the cluster (connect and read)",
+    )
+    opensearch_max_retries: int = Field(
+        default=1,
+        ge=0,
+        le=5,
+        description="retries of a request that failed to connect or got 502/503/504; a call "
+        "takes at most opensearch_timeout_s * (1 + retries)",
+    )
+    opensearch_engine: KnnEngine = KnnEngine.FAISS
+    opensearch_space_type: SpaceType = SpaceType.COSINESIMIL
+    opensearch_hnsw_m: int = Field(default=16, ge=2, le=100)
+    opensearch_hnsw_ef_construction: int = Field(default=128, ge=2, le=4096)
+    opensearch_hnsw_ef_search: int = Field(
+        default=100, ge=2, le=4096, description="faiss only; lucene searches with ef = k"
+    )
+    opensearch_shards: int = Field(default=1, ge=1, le=1024)
+    opensearch_replicas: int = Field(default=1, ge=0, le=16)
+    opensearch_refresh: RefreshPolicy = RefreshPolicy.WAIT_FOR
+    opensearch_hybrid: HybridExecution = HybridExecution.CLIENT
+
     default_top_k: int = Field(default=10, ge=1)
     max_top_k: int = Field(default=100, ge=1)
     default_candidate_k: int = Field(default=50, ge=1)
@@ -62,4 +145,17 @@ class RetrieverSettings(ServiceSettings):
             raise ValueError("default_top_k must not exceed max_top_k")
         if self.default_candidate_k > self.max_candidate_k:
             raise ValueError("default_candidate_k must not exceed max_candidate_k")
+        if self.backend is BackendKind.OPENSEARCH:
+            url = urlsplit(self.opensearch_url)
+            try:
+                port_ok = url.port is None or url.port > 0
+            except ValueError:
+                port_ok = False
+            if url.scheme not in ("http", "https") or not url.hostname or not port_ok:
+                raise ValueError(
+                    "opensearch_url must be http(s)://host[:port] with backend=opensearch, "
+                    f"got {self.opensearch_url!r}"
+                )
+            if bool(self.opensearch_username) != bool(self.opensearch_password.get_secret_value()):
+                raise ValueError("set both opensearch_username and opensearch_password, or neither")
         return self

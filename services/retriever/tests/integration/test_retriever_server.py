@@ -190,6 +190,14 @@ async def test_hybrid_search_fuses_and_filters(
             ),
             "fusion.dense_weight",
         ),
+        (
+            retriever_pb2.SearchRequest(
+                query="x",
+                mode=common_pb2.SEARCH_MODE_LEXICAL,
+                filter=common_pb2.Filter(equals={"metadata.kind": "runbook"}),
+            ),
+            "filter.equals['metadata.kind']",
+        ),
     ],
 )
 async def test_bad_search_is_invalid_argument(
@@ -209,6 +217,7 @@ async def test_bad_search_is_invalid_argument(
         (common_pb2.Chunk(id="", text="t"), "chunks[1].id"),
         (common_pb2.Chunk(id="x", text=""), "chunks[1].text"),
         (common_pb2.Chunk(id="x", text="t", vector=[0.5] * 10), "chunks[1].vector"),
+        (common_pb2.Chunk(id="x", text="t", metadata={"a/b": "v"}), "chunks[1].metadata['a/b']"),
     ],
 )
 async def test_bad_upsert_is_invalid_argument_and_writes_nothing(

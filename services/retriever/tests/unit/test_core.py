@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import pytest
@@ -155,6 +156,28 @@ async def test_filter_reaches_both_sub_searches(core: Retriever) -> None:
             SearchQuery(query="alpha", mode=SearchMode.LEXICAL, fusion=FusionMethod.RRF, rrf_k=-1),
             "rrf_k",
         ),
+        (
+            SearchQuery(query="alpha", mode=SearchMode.LEXICAL, dense_weight=-0.1),
+            "fusion.dense_weight",
+        ),
+        (
+            SearchQuery(query="alpha", mode=SearchMode.LEXICAL, fusion="mean"),  # type: ignore[arg-type]
+            "fusion",
+        ),
+        (
+            SearchQuery(query="alpha", mode=SearchMode.LEXICAL, filter=Filter(equals={"a.b": "x"})),
+            "filter.equals['a.b']",
+        ),
+        (
+            SearchQuery(query="alpha", mode=SearchMode.LEXICAL, filter=Filter(equals={"": "x"})),
+            "filter.equals['']",
+        ),
+        (
+            SearchQuery(
+                query="alpha", mode=SearchMode.LEXICAL, filter=Filter(equals={"k": "v" * 2049})
+            ),
+            "filter.equals['k']",
+        ),
     ],
 )
 async def test_invalid_searches_name_the_field(
@@ -172,6 +195,12 @@ async def test_invalid_searches_name_the_field(
         ([Chunk(id="ok", text="x"), Chunk(id="e", text="  ")], "chunks[1].text"),
         ([Chunk(id="v", text="x", vector=(1.0, 2.0))], "chunks[0].vector"),
         ([Chunk(id=str(i), text="x") for i in range(5)], "chunks"),
+        ([Chunk(id="é" * 257, text="x")], "chunks[0].id"),
+        (
+            [Chunk(id="m", text="x", metadata={"tenant.name": "x"})],
+            "chunks[0].metadata['tenant.name']",
+        ),
+        ([Chunk(id="m", text="x", metadata={"k" * 65: "x"})], f"chunks[0].metadata['{'k' * 65}']"),
     ],
 )
 async def test_invalid_upserts_name_the_chunk(
@@ -185,5 +214,69 @@ async def test_invalid_upserts_name_the_chunk(
 async def test_delete_needs_ids_or_filter(core: Retriever) -> None:
     with pytest.raises(InvalidInput, match="ids, filter"):
         await core.delete([], Filter())
+    with pytest.raises(InvalidInput, match=r"^filter.equals\['a b'\]: not a metadata key"):
+        await core.delete([], Filter(equals={"a b": "x"}))
     assert await core.delete([], Filter(source="s1")) == 2
     assert (await core.stats()).chunks == 1
+
+
+async def test_valid_metadata_keys_pass(core: Retriever) -> None:
+    chunk = Chunk(
+        id="m", text="meta", metadata={"chunk_index": "0", "content-type": "md", "A1": ""}
+    )
+    assert await core.upsert([chunk]) == 1
+    found = await core.search(
+        SearchQuery(
+            query="meta", mode=SearchMode.LEXICAL, filter=Filter(equals={"chunk_index": "0"})
+        )
+    )
+    assert [h.chunk.id for h in found.hits] == ["m"]
+
+
+class ServerFusingBackend(FakeBackend):
+    """A backend that fuses RRF itself and leaves weighted fusion to the core."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hybrid_calls: list[tuple[int, int, FusionMethod, float, int, Filter]] = []
+
+    def search_hybrid(
+        self,
+        query: str,
+        vector: Sequence[float],
+        k: int,
+        candidate_k: int,
+        fusion: FusionMethod,
+        *,
+        dense_weight: float,
+        rrf_k: int,
+        filter: Filter = MATCH_ALL,
+    ) -> list[ScoredId] | None:
+        self.hybrid_calls.append((k, candidate_k, fusion, dense_weight, rrf_k, filter))
+        if fusion is not FusionMethod.RRF:
+            return None
+        return [ScoredId("c", 0.9), ScoredId("gone", 0.5), ScoredId("a", 0.1)]
+
+
+async def test_a_backend_that_fuses_itself_serves_hybrid_search() -> None:
+    backend = ServerFusingBackend()
+    retriever = Retriever(RetrieverSettings(), lambda: backend)
+    await retriever.load()
+    await retriever.upsert(CHUNKS)
+    query = SearchQuery(
+        query="alpha", vector=(0.0, 0.0, 1.0), top_k=3, candidate_k=7, filter=Filter(source="s1")
+    )
+    served = await retriever.search(dataclasses.replace(query, fusion=FusionMethod.RRF, rrf_k=9))
+    # Only the fused score is known; a hit deleted meanwhile ("gone") is left out.
+    assert [(h.chunk.id, h.score, h.lexical_rank, h.dense_rank) for h in served.hits] == [
+        ("c", 0.9, 0, 0),
+        ("a", 0.1, 0, 0),
+    ]
+    assert backend.hybrid_calls[0] == (3, 7, FusionMethod.RRF, 0.5, 9, Filter(source="s1"))
+    assert backend.calls == []
+    fused = await retriever.search(
+        dataclasses.replace(query, fusion=FusionMethod.WEIGHTED, dense_weight=0.2)
+    )
+    assert backend.hybrid_calls[1][2:5] == (FusionMethod.WEIGHTED, 0.2, 60)
+    assert [kind for kind, _, _ in backend.calls] == ["lexical", "dense"]
+    assert fused.hits[0].lexical_rank or fused.hits[0].dense_rank
