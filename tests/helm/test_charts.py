@@ -237,7 +237,7 @@ def test_serve_config_deploys_the_app_with_grpc_options(default_objects: list[Ma
         "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
     ]
     (app,) = config["applications"]
-    assert app["import_path"] == "ragfleet_generator.app:build_app"
+    assert app["import_path"] == "ragfleet_generator.app:app_builder"
     env = app["runtime_env"]["env_vars"]
     assert env["RAGFLEET_GENERATOR_ENGINE"] == "llama_cpp"
     assert env["RAGFLEET_GENERATOR_PORT"] == "50053"
@@ -335,9 +335,8 @@ def test_production_switches_backends_and_adds_gpus(production_objects: list[Man
         "mistral-7b-instruct",
         "llama-2-7b-chat",
     ]
-    assert app["deployments"] == [
-        {"name": "GeneratorDeployment", "ray_actor_options": {"num_cpus": 2, "num_gpus": 1}}
-    ]
+    assert env["RAGFLEET_GENERATOR_NUM_GPUS"] == "1"
+    assert "deployments" not in app
     images = {c["image"] for spec in all_pod_specs(production_objects) for c in spec["containers"]}
     assert all(i.startswith("registry.example.com/acme/ragfleet/") for i in images)
     assert all(i.endswith(":1.2.3") for i in images)

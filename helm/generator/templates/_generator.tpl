@@ -17,6 +17,7 @@
 {{- $_ := set $settings "engine" "vllm" -}}
 {{- $_ := set $settings "models" $names -}}
 {{- $_ := set $settings "vllm_models" $ids -}}
+{{- $_ := set $settings "num_gpus" $v.gpu.gpusPerReplica -}}
 {{- range $key, $value := $v.gpu.vllm -}}
 {{- $_ := set $settings (printf "vllm_%s" $key) $value -}}
 {{- end -}}
@@ -58,19 +59,9 @@ applications:
     {{- end }}
 {{- end -}}
 
-{{/*
-Serve deployment overrides: serve.deployments, and with gpu.enabled the GPUs each replica of
-serve.deploymentName reserves (ray_actor_options replaces the code's options as a whole, so the
-CPUs are restated).
-*/}}
+{{/* Serve deployment overrides by name (per-model GPUs come from the settings). */}}
 {{- define "generator.deployments" -}}
-{{- $v := .Values -}}
-{{- $deployments := $v.serve.deployments -}}
-{{- if $v.gpu.enabled -}}
-{{- $actor := dict "num_cpus" $v.settings.num_cpus "num_gpus" $v.gpu.gpusPerReplica -}}
-{{- $deployments = append $deployments (dict "name" $v.serve.deploymentName "ray_actor_options" $actor) -}}
-{{- end -}}
-{{- toYaml $deployments -}}
+{{- toYaml .Values.serve.deployments -}}
 {{- end -}}
 
 {{/*

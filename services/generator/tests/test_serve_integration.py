@@ -1,5 +1,6 @@
-"""The generator on a real Ray Serve (local Ray, gRPC proxy on a free port) with the real
-Qwen2.5-Coder-0.5B model: health, streaming, grounded answers, model listing, status codes."""
+"""The generator on a real Ray Serve (local Ray, gRPC proxy on a free port) with two model
+deployments behind the ingress: the real Qwen2.5-Coder-0.5B (default) and a fake "echo" model.
+Health, streaming, grounded answers, routing by model, model listing, status codes."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from ragfleet_generator.settings import GeneratorSettings
 pytestmark = pytest.mark.integration
 
 MODEL = "qwen2.5-coder-0.5b-instruct"
+ECHO = "echo"
 TIMEOUT_S = 120
 
 
@@ -38,6 +40,8 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GeneratorSett
         port=_free_port(),
         http_port=_free_port(),
         num_cpus=0.5,
+        ingress_num_cpus=0.1,
+        models=(MODEL, {"name": ECHO, "engine": "fake", "num_cpus": 0.1}),
         model_cache_dir=tmp_path_factory.mktemp("models"),
         log_format="console",
     )
@@ -140,9 +144,14 @@ def test_list_models(generator: generator_pb2_grpc.GeneratorServiceStub) -> None
         generator_pb2.ListModelsRequest(), timeout=TIMEOUT_S, metadata=METADATA
     )
     assert response.default_model == MODEL
-    (card,) = response.models
-    assert (card.name, card.engine, card.context_length) == (MODEL, "llama_cpp", 4096)
-    assert card.max_output_tokens == 1024
+    cards = {(c.name, c.engine, c.context_length, c.max_output_tokens) for c in response.models}
+    assert cards == {(MODEL, "llama_cpp", 4096, 1024), (ECHO, "fake", 4096, 1024)}
+
+
+def test_generate_routes_by_model(generator: generator_pb2_grpc.GeneratorServiceStub) -> None:
+    responses = _generate(generator, model=ECHO, messages=_user("route me"))
+    assert "".join(r.token.text for r in responses[:-1]) == "echo: route me"
+    assert responses[-1].done.model == ECHO
 
 
 @pytest.mark.parametrize(
@@ -151,7 +160,12 @@ def test_list_models(generator: generator_pb2_grpc.GeneratorServiceStub) -> None
         ({"max_tokens": -1}, grpc.StatusCode.INVALID_ARGUMENT, "max_tokens"),
         ({"max_tokens": 100_000}, grpc.StatusCode.INVALID_ARGUMENT, "max_tokens"),
         ({"temperature": 2.5}, grpc.StatusCode.INVALID_ARGUMENT, "temperature"),
-        ({"model": "gpt-9"}, grpc.StatusCode.NOT_FOUND, MODEL),
+        ({"model": "gpt-9"}, grpc.StatusCode.NOT_FOUND, f"available models: {MODEL}, {ECHO}"),
+        (
+            {"max_tokens": 1024, "messages": _user("word " * 4000)},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "context window of 4096",
+        ),
     ],
 )
 def test_bad_input_gets_its_status_code(
@@ -161,7 +175,7 @@ def test_bad_input_gets_its_status_code(
     detail: str,
 ) -> None:
     with pytest.raises(grpc.RpcError) as caught:
-        _generate(generator, messages=_user("hi"), **fields)
+        _generate(generator, **{"messages": _user("hi"), **fields})
     assert caught.value.code() is code
     assert detail in (caught.value.details() or "")
 

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
         app=settings.app_name,
         grpc_port=settings.port,
         http_port=settings.http_port,
-        models=list(settings.models),
+        models=[m.name for m in settings.served_models()],
     )
 
 

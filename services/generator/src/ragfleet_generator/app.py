@@ -1,12 +1,17 @@
-"""Builds and deploys the generator as a Ray Serve application behind Serve's gRPC proxy.
+"""Builds and deploys the generator as a Ray Serve application behind Serve's gRPC proxy: one
+deployment per served model (its own replicas, autoscaling, CPUs and GPUs) and the gRPC ingress
+that routes to them.
 
 Clients call ``ragfleet.generator.v1.GeneratorService`` (and ``grpc.health.v1.Health/Check``) on
 the proxy port, with the metadata ``application: <app_name>`` when more than one Serve
-application runs in the cluster.
+application runs in the cluster. KubeRay (and ``serve run``) build the application with the
+import path ``ragfleet_generator.app:app_builder``.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 from ray import serve
@@ -14,8 +19,14 @@ from ray.serve import Application
 from ray.serve.config import HTTPOptions, gRPCOptions
 from ray.serve.schema import LoggingConfig
 
-from ragfleet_generator.deployment import GRPC_SERVICER_FUNCTIONS, GeneratorDeployment
-from ragfleet_generator.settings import GeneratorSettings
+from ragfleet_generator.deployment import (
+    GRPC_SERVICER_FUNCTIONS,
+    GeneratorIngress,
+    ModelDeployment,
+)
+from ragfleet_generator.settings import GeneratorSettings, ServedModelConfig
+
+INGRESS_DEPLOYMENT = "GeneratorIngress"
 
 
 def grpc_options(settings: GeneratorSettings) -> gRPCOptions:
@@ -31,21 +42,28 @@ def logging_config(settings: GeneratorSettings) -> LoggingConfig:
     return LoggingConfig(log_level=settings.log_level, enable_access_log=False)
 
 
-def _scaling_options(settings: GeneratorSettings) -> dict[str, Any]:
-    if settings.autoscaling_max_replicas > 0:
+def model_deployment_name(model: str) -> str:
+    """The Serve deployment of ``model``: ``Model-`` and the name with characters other than
+    letters, digits, ``-`` and ``_`` replaced by ``_`` (``Model-qwen2_5-coder-0_5b-instruct``)."""
+    return "Model-" + re.sub(r"[^A-Za-z0-9_-]", "_", model)
+
+
+def _scaling_options(model: ServedModelConfig) -> dict[str, Any]:
+    if model.autoscaling_max_replicas > 0:
         return {
             "autoscaling_config": {
                 "min_replicas": 1,
-                "max_replicas": settings.autoscaling_max_replicas,
+                "max_replicas": model.autoscaling_max_replicas,
                 # One generation runs at a time per replica; queueing more is what scales out.
                 "target_ongoing_requests": 1,
             }
         }
-    return {"num_replicas": settings.num_replicas}
+    return {"num_replicas": model.num_replicas}
 
 
 def build_app(settings: GeneratorSettings) -> Application:
-    """The generator application with replica resources and scaling from ``settings``.
+    """The generator application: a deployment per model with the resources and scaling of its
+    configuration, bound into the ingress in configuration order (the first is the default).
 
     The model cache path is made absolute here, because replicas do not share the caller's
     working directory.
@@ -53,14 +71,41 @@ def build_app(settings: GeneratorSettings) -> Application:
     replica_settings = settings.model_copy(
         update={"model_cache_dir": settings.model_cache_dir.resolve()}
     )
-    deployment = serve.deployment(
-        name="GeneratorDeployment",
-        ray_actor_options={"num_cpus": settings.num_cpus},
-        max_ongoing_requests=settings.max_ongoing_requests,
+    models: dict[str, Application] = {}
+    for model in settings.served_models():
+        deployment = serve.deployment(
+            name=model_deployment_name(model.name),
+            ray_actor_options={"num_cpus": model.num_cpus, "num_gpus": model.num_gpus},
+            max_ongoing_requests=model.max_ongoing_requests,
+            logging_config=logging_config(settings),
+            **_scaling_options(model),
+        )(ModelDeployment)
+        models[model.name] = deployment.bind(model, replica_settings)
+    ingress = serve.deployment(
+        name=INGRESS_DEPLOYMENT,
+        ray_actor_options={"num_cpus": settings.ingress_num_cpus},
         logging_config=logging_config(settings),
-        **_scaling_options(settings),
-    )(GeneratorDeployment)
-    return deployment.bind(replica_settings)
+    )(GeneratorIngress)
+    return ingress.bind(models, replica_settings)
+
+
+def app_builder(args: dict[str, str]) -> Application:
+    """Serve's application builder (``import_path: ragfleet_generator.app:app_builder``):
+    settings from ``RAGFLEET_GENERATOR_*`` and ``args``, which take precedence. Arg names are
+    setting names; JSON values (lists, objects) are decoded. Raises ValueError naming unknown
+    args."""
+    unknown = sorted(set(args) - set(GeneratorSettings.model_fields))
+    if unknown:
+        raise ValueError(f"unknown generator settings in args: {', '.join(unknown)}")
+    overrides = {key: _decode_arg(value) for key, value in args.items()}
+    return build_app(GeneratorSettings(**overrides))
+
+
+def _decode_arg(value: str) -> Any:
+    text = value.strip() if isinstance(value, str) else value
+    if isinstance(text, str) and text[:1] in ("[", "{"):
+        return json.loads(text)
+    return value
 
 
 def start_serve(settings: GeneratorSettings) -> None:

@@ -1,31 +1,38 @@
-"""The Ray Serve ingress deployment: gRPC methods of ``ragfleet.generator.v1.GeneratorService``
-and ``grpc.health.v1.Health/Check``, served through Serve's gRPC proxy.
+"""The Ray Serve deployments: one ``ModelDeployment`` per served model, and the gRPC ingress
+``GeneratorIngress`` (``ragfleet.generator.v1.GeneratorService`` and ``grpc.health.v1.Health/
+Check`` through Serve's gRPC proxy) that routes each request to its model's deployment handle.
 
-Serve routes ``/<service>/<Method>`` to the deployment method named ``<Method>``. Methods are
-thin: convert protos to domain types, call the core, convert back. Domain errors reach the
-caller as status codes through ``grpc_status_for_errors``, the Serve-side counterpart of the
-runtime's error interceptor.
+Serve routes ``/<service>/<Method>`` to the ingress method named ``<Method>``. Methods are
+thin: convert protos to domain types, call the model deployment, convert back. Domain errors
+reach the caller as status codes through ``grpc_status_for_errors``, the Serve-side counterpart
+of the runtime's error interceptor.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2
+from ray.exceptions import RayActorError, RayTaskError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.grpc_util import RayServegRPCContext
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from ragfleet.common.v1 import common_pb2
 from ragfleet.generator.v1 import generator_pb2
-from ragfleet.runtime.errors import NotFound, RagfleetError
+from ragfleet.runtime.errors import NotFound, RagfleetError, Unavailable
 from ragfleet.runtime.logging import configure_logging, get_logger
-from ragfleet_generator.core import GenerationRequest, GeneratorCore, MessageInput
+from ragfleet_generator.core import GenerationRequest, GeneratorCore, MessageInput, ModelInfo
 from ragfleet_generator.engine import GenerationEvent, TokenDelta
-from ragfleet_generator.loader import build_core
-from ragfleet_generator.settings import GeneratorSettings
+from ragfleet_generator.loader import build_model_core
+from ragfleet_generator.settings import GeneratorSettings, ServedModelConfig
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 SERVICE_NAME = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"].full_name
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -88,15 +95,70 @@ def to_response(event: GenerationEvent, model: str) -> generator_pb2.GenerateRes
     )
 
 
-class GeneratorDeployment:
-    """One replica: loads every configured model in its constructor, so Serve counts the replica
-    (and the application) as running only once generation can start. Wrapped with
-    ``serve.deployment`` by ``ragfleet_generator.app.build_app``."""
+class ModelDeployment:
+    """One replica of one model: loads its engine in the constructor, so Serve counts the
+    replica (and the application) as running only once generation can start. Called through
+    deployment handles by ``GeneratorIngress``; wrapped with ``serve.deployment`` by
+    ``ragfleet_generator.app.build_app``."""
 
-    def __init__(self, settings: GeneratorSettings) -> None:
+    def __init__(self, model: ServedModelConfig, settings: GeneratorSettings) -> None:
         configure_logging(settings.log_level, settings.log_format)
-        self._core: GeneratorCore = build_core(settings)
-        log.info("replica_ready", models=[m.name for m in self._core.list_models()])
+        self._core: GeneratorCore = build_model_core(model, settings)
+        log.info("replica_ready", model=model.name, engine=str(model.engine))
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        """Streams the core's events; domain errors propagate to the caller."""
+        async for event in self._core.generate(request):
+            yield event
+
+    async def info(self) -> ModelInfo:
+        (info,) = self._core.list_models()
+        return info
+
+    async def ready(self) -> bool:
+        """Answers once the replica exists, i.e. once its model is loaded."""
+        return True
+
+
+def _domain_error(exc: BaseException, model: str) -> BaseException:
+    """What a failed handle call means to our caller: the replica's own domain error, or
+    Unavailable when the model's replica died, is missing or is overloaded."""
+    if isinstance(exc, RayTaskError) and isinstance(exc.cause, RagfleetError):
+        return exc.cause
+    if isinstance(exc, RayActorError | DeploymentUnavailableError | BackPressureError):
+        return Unavailable(f"model {model!r} is unavailable: {type(exc).__name__}")
+    return exc
+
+
+class GeneratorIngress:
+    """The gRPC ingress: routes ``Generate`` by ``request.model`` (empty: the first, default
+    model) to that model's deployment and streams its events back; ``ListModels`` asks every
+    model; ``Check`` is SERVING only when every model deployment answers."""
+
+    def __init__(
+        self, models: Mapping[str, DeploymentHandle[Any]], settings: GeneratorSettings
+    ) -> None:
+        configure_logging(settings.log_level, settings.log_format)
+        if not models:
+            raise ValueError("at least one model deployment is required")
+        self._models = dict(models)
+        self._default_model = next(iter(self._models))
+        self._health_timeout_s = settings.health_timeout_s
+
+    def _handle(self, name: str) -> tuple[str, DeploymentHandle[Any]]:
+        model = name or self._default_model
+        handle = self._models.get(model)
+        if handle is None:
+            raise NotFound(
+                f"model: {name!r} is not served; available models: {', '.join(self._models)}"
+            )
+        return model, handle
+
+    async def _call(self, model: str, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except Exception as exc:
+            raise _domain_error(exc, model) from None
 
     async def Generate(
         self, request: generator_pb2.GenerateRequest, grpc_context: RayServegRPCContext
@@ -104,14 +166,26 @@ class GeneratorDeployment:
         """Streams token deltas, then one ``done`` message with usage and timing."""
         with grpc_status_for_errors(grpc_context, "Generate"):
             domain_request = to_domain_request(request)
-            model = self._core.resolve_model(domain_request.model).name
-            async for event in self._core.generate(domain_request):
+            model, handle = self._handle(domain_request.model)
+            events: DeploymentResponseGenerator[GenerationEvent] = handle.options(
+                stream=True
+            ).generate.remote(domain_request)  # type: ignore[assignment]
+            while True:
+                try:
+                    event: GenerationEvent = await events.__anext__()
+                except StopAsyncIteration:
+                    break
+                except Exception as exc:
+                    raise _domain_error(exc, model) from None
                 yield to_response(event, model)
 
     async def ListModels(
         self, request: generator_pb2.ListModelsRequest, grpc_context: RayServegRPCContext
     ) -> generator_pb2.ListModelsResponse:
         with grpc_status_for_errors(grpc_context, "ListModels"):
+            infos = await asyncio.gather(
+                *(self._call(name, h.info.remote()) for name, h in self._models.items())
+            )
             return generator_pb2.ListModelsResponse(
                 models=[
                     generator_pb2.ModelCard(
@@ -120,18 +194,36 @@ class GeneratorDeployment:
                         context_length=m.context_length,
                         max_output_tokens=m.max_output_tokens,
                     )
-                    for m in self._core.list_models()
+                    for m in infos
                 ],
-                default_model=self._core.default_model,
+                default_model=self._default_model,
             )
+
+    async def _model_ready(self, name: str, handle: DeploymentHandle[Any]) -> bool:
+        try:
+            ready: bool = await asyncio.wait_for(
+                self._call(name, handle.ready.remote()), self._health_timeout_s
+            )
+        except (TimeoutError, Unavailable):
+            log.warning("model_not_ready", model=name)
+            return False
+        return ready
 
     async def Check(
         self, request: health_pb2.HealthCheckRequest, grpc_context: RayServegRPCContext
     ) -> health_pb2.HealthCheckResponse:
-        """grpc.health.v1 readiness: a replica exists only once its models are loaded, so any
-        replica that answers is SERVING. Unknown service names get NOT_FOUND, as the health
-        protocol specifies. While no replica is up, the proxy itself fails the call."""
+        """grpc.health.v1 readiness: SERVING only when every model deployment answers within
+        ``health_timeout_s`` (a replica exists only once its model is loaded), NOT_SERVING
+        otherwise. Unknown service names get NOT_FOUND, as the health protocol specifies."""
         with grpc_status_for_errors(grpc_context, "Check"):
             if request.service not in ("", SERVICE_NAME):
                 raise NotFound(f"service: unknown service {request.service!r}")
-            return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+            ready = await asyncio.gather(
+                *(self._model_ready(name, h) for name, h in self._models.items())
+            )
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if all(ready)
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            return health_pb2.HealthCheckResponse(status=status)

@@ -26,9 +26,12 @@ class FinishReason(enum.StrEnum):
 
 
 class EngineKind(enum.StrEnum):
-    """Which backend serves the models; ``fake`` is deterministic and loads nothing."""
+    """Which backend serves a model: ``llama_cpp`` (GGUF on CPU, the default), ``vllm`` (GPU),
+    ``openai`` (any OpenAI-compatible endpoint); ``fake`` is deterministic and loads nothing."""
 
     LLAMA_CPP = "llama_cpp"
+    VLLM = "vllm"
+    OPENAI = "openai"
     FAKE = "fake"
 
 

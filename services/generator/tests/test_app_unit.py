@@ -1,0 +1,273 @@
+"""Model configuration, the Serve application graph and the ingress's routing, readiness and
+error mapping, with fake deployment handles (no Ray cluster, no models)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, cast
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+from pydantic import ValidationError
+from ray.exceptions import RayTaskError
+
+from ragfleet.common.v1 import common_pb2
+from ragfleet.generator.v1 import generator_pb2
+from ragfleet.runtime.errors import InvalidInput, NotFound
+from ragfleet_generator.app import app_builder, build_app, model_deployment_name
+from ragfleet_generator.core import ModelInfo
+from ragfleet_generator.deployment import GeneratorIngress
+from ragfleet_generator.engine import (
+    EngineKind,
+    FinishReason,
+    GenerationDone,
+    GenerationEvent,
+    TokenDelta,
+    Usage,
+)
+from ragfleet_generator.settings import GeneratorSettings
+
+pytestmark = pytest.mark.unit
+
+OPENAI_MODEL = {
+    "name": "gpt-4o-mini",
+    "engine": "openai",
+    "base_url": "https://api.example.com/v1",
+    "api_key_env": "OPENAI_API_KEY",
+    "num_cpus": 0.1,
+    "autoscaling_max_replicas": 3,
+}
+
+
+def test_models_by_name_take_the_service_wide_engine_and_resources() -> None:
+    settings = GeneratorSettings(engine=EngineKind.FAKE, num_cpus=0.5, num_gpus=0.25)
+    (model,) = settings.served_models()
+    assert (model.name, model.engine, model.num_cpus, model.num_gpus) == (
+        "qwen2.5-coder-0.5b-instruct",
+        EngineKind.FAKE,
+        0.5,
+        0.25,
+    )
+
+
+def test_model_objects_set_their_own_engine_and_deployment() -> None:
+    settings = GeneratorSettings(models=("qwen2.5-coder-0.5b-instruct", OPENAI_MODEL))
+    default, remote = settings.served_models()
+    assert settings.default_model == default.name
+    assert (default.engine, default.source) == (EngineKind.LLAMA_CPP, default.name)
+    assert (remote.engine, remote.source, remote.base_url) == (
+        EngineKind.OPENAI,
+        "gpt-4o-mini",
+        "https://api.example.com/v1",
+    )
+    assert (remote.num_cpus, remote.autoscaling_max_replicas, remote.context_length) == (
+        0.1,
+        3,
+        4096,
+    )
+
+
+def test_vllm_models_map_served_names_to_weights() -> None:
+    settings = GeneratorSettings(
+        engine=EngineKind.VLLM,
+        models=("mistral-7b-instruct",),
+        vllm_models={"mistral-7b-instruct": "mistralai/Mistral-7B-Instruct-v0.3"},
+        vllm_max_model_len=8192,
+    )
+    (model,) = settings.served_models()
+    assert (model.source, model.context_length) == ("mistralai/Mistral-7B-Instruct-v0.3", 8192)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_models_file_replaces_models(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"models{suffix}"
+    path.write_text(json.dumps(["qwen2.5-coder-1.5b-instruct", OPENAI_MODEL]))
+    settings = GeneratorSettings(models_file=path)
+    assert [m.name for m in settings.served_models()] == [
+        "qwen2.5-coder-1.5b-instruct",
+        "gpt-4o-mini",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("models", "message"),
+    [
+        (("no-such-gguf",), "unknown model"),
+        (("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-0.5b-instruct"), "unique"),
+        (({"name": "x", "engine": "openai"},), "base_url"),
+        (({"name": "x", "num_gpus": -1},), "num_gpus"),
+    ],
+)
+def test_bad_model_configuration_is_rejected(models: tuple[Any, ...], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        GeneratorSettings(models=models)
+
+
+def test_the_app_has_one_deployment_per_model_behind_the_ingress() -> None:
+    settings = GeneratorSettings(
+        models=("qwen2.5-coder-0.5b-instruct", {**OPENAI_MODEL, "num_gpus": 0.5})
+    )
+    app = build_app(settings)
+    ingress = app._bound_deployment
+    assert ingress.name == "GeneratorIngress"
+    models = ingress.init_args[0]
+    assert list(models) == ["qwen2.5-coder-0.5b-instruct", "gpt-4o-mini"]
+    remote = models["gpt-4o-mini"]._bound_deployment
+    assert remote.name == model_deployment_name("gpt-4o-mini") == "Model-gpt-4o-mini"
+    assert remote.ray_actor_options == {"num_cpus": 0.1, "num_gpus": 0.5}
+    assert remote._deployment_config.autoscaling_config.max_replicas == 3
+    local = models["qwen2.5-coder-0.5b-instruct"]._bound_deployment
+    assert local.name == "Model-qwen2_5-coder-0_5b-instruct"
+    assert local.num_replicas == 1
+
+
+def test_app_builder_reads_args_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAGFLEET_GENERATOR_ENGINE", "fake")
+    monkeypatch.setenv("RAGFLEET_GENERATOR_NUM_CPUS", "2")
+    app = app_builder({"num_cpus": "0.25", "models": '["a", "b"]'})
+    models = app._bound_deployment.init_args[0]
+    assert list(models) == ["a", "b"]
+    assert models["a"]._bound_deployment.ray_actor_options["num_cpus"] == 0.25
+    with pytest.raises(ValueError, match="unknown generator settings in args: modles"):
+        app_builder({"modles": "x"})
+
+
+class FakeResponse:
+    def __init__(self, result: Any = None, error: BaseException | None = None) -> None:
+        self._result, self._error = result, error
+
+    def __await__(self) -> Any:
+        async def get() -> Any:
+            if self._error is not None:
+                raise self._error
+            return self._result
+
+        return get().__await__()
+
+
+class FakeStream:
+    def __init__(self, events: list[GenerationEvent], error: BaseException | None) -> None:
+        self._events, self._error = iter(events), error
+
+    def __aiter__(self) -> AsyncIterator[GenerationEvent]:
+        return self
+
+    async def __anext__(self) -> GenerationEvent:
+        if self._error is not None:
+            raise self._error
+        try:
+            return next(self._events)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+
+class FakeMethod:
+    def __init__(self, make: Any) -> None:
+        self.remote = make
+
+
+class FakeHandle:
+    """Mimics a DeploymentHandle of ModelDeployment: generate (streamed), info, ready."""
+
+    def __init__(
+        self, name: str, error: BaseException | None = None, ready_delay_s: float = 0.0
+    ) -> None:
+        self.name, self.error, self.delay = name, error, ready_delay_s
+        self.requests: list[Any] = []
+        events: list[GenerationEvent] = [
+            TokenDelta(f"from {name}"),
+            GenerationDone(FinishReason.STOP, Usage(3, 1, 1.0, 2.0, 0.0)),
+        ]
+
+        def generate(request: Any) -> FakeStream:
+            self.requests.append(request)
+            return FakeStream(events, self.error)
+
+        async def ready() -> bool:
+            await asyncio.sleep(self.delay)
+            return True
+
+        self.generate = FakeMethod(generate)
+        self.info = FakeMethod(
+            lambda: FakeResponse(ModelInfo(name, EngineKind.FAKE, 4096, 1024), self.error)
+        )
+        self.ready = FakeMethod(ready)
+
+    def options(self, **kwargs: Any) -> FakeHandle:
+        assert kwargs == {"stream": True}
+        return self
+
+
+class RecordingContext:
+    def __init__(self) -> None:
+        self.code: grpc.StatusCode | None = None
+        self.details: str | None = None
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self.code = code
+
+    def set_details(self, details: str) -> None:
+        self.details = details
+
+
+def make_ingress(*handles: FakeHandle) -> GeneratorIngress:
+    settings = GeneratorSettings(engine=EngineKind.FAKE, health_timeout_s=0.2)
+    return GeneratorIngress(cast(Any, {h.name: h for h in handles}), settings)
+
+
+def request(model: str = "") -> generator_pb2.GenerateRequest:
+    return generator_pb2.GenerateRequest(
+        model=model, messages=[common_pb2.ChatMessage(role="user", content="hi")]
+    )
+
+
+async def generate(
+    ingress: GeneratorIngress, req: generator_pb2.GenerateRequest, context: RecordingContext
+) -> list[generator_pb2.GenerateResponse]:
+    return [r async for r in ingress.Generate(req, cast(Any, context))]
+
+
+async def test_generate_routes_by_model_with_the_first_as_default() -> None:
+    small, big = FakeHandle("small"), FakeHandle("big")
+    ingress = make_ingress(small, big)
+    for model, handle in (("", small), ("big", big)):
+        responses = await generate(ingress, request(model), RecordingContext())
+        assert responses[0].token.text == f"from {handle.name}"
+        assert responses[-1].done.model == handle.name
+    assert len(small.requests) == len(big.requests) == 1
+
+
+async def test_unknown_model_is_not_found_listing_the_served_ones() -> None:
+    context = RecordingContext()
+    with pytest.raises(NotFound):
+        await generate(make_ingress(FakeHandle("small"), FakeHandle("big")), request("x"), context)
+    assert context.code is grpc.StatusCode.NOT_FOUND
+    assert context.details == "model: 'x' is not served; available models: small, big"
+
+
+async def test_a_replica_domain_error_keeps_its_code() -> None:
+    cause = InvalidInput("max_tokens: must be between 0 and 1024")
+    wrapped = RayTaskError("generate", "traceback", cause).as_instanceof_cause()
+    context = RecordingContext()
+    with pytest.raises(InvalidInput):
+        await generate(make_ingress(FakeHandle("small", wrapped)), request(), context)
+    assert (context.code, context.details) == (grpc.StatusCode.INVALID_ARGUMENT, cause.message)
+
+
+async def test_list_models_asks_every_model() -> None:
+    response = await make_ingress(FakeHandle("small"), FakeHandle("big")).ListModels(
+        generator_pb2.ListModelsRequest(), cast(Any, RecordingContext())
+    )
+    assert [m.name for m in response.models] == ["small", "big"]
+    assert response.default_model == "small"
+
+
+@pytest.mark.parametrize(("delay_s", "status"), [(0.0, "SERVING"), (5.0, "NOT_SERVING")])
+async def test_check_is_serving_only_when_every_model_answers(delay_s: float, status: str) -> None:
+    ingress = make_ingress(FakeHandle("small"), FakeHandle("big", ready_delay_s=delay_s))
+    response = await ingress.Check(health_pb2.HealthCheckRequest(), cast(Any, RecordingContext()))
+    assert response.status == health_pb2.HealthCheckResponse.ServingStatus.Value(status)
