@@ -1,0 +1,66 @@
+"""The evaluation report: a Markdown table and a PNG bar chart of the three measures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ragfleet.eval.metrics import HEADERS
+from ragfleet.eval.retrieval import Evaluation
+
+
+def markdown_table(evaluation: Evaluation) -> str:
+    """One row per configuration, metrics to three decimals, in evaluation order."""
+    lines = [
+        "| configuration | retrieval | chunking | nDCG@10 | Recall@100 | MRR@10 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for result in evaluation.results:
+        m = result.metrics
+        lines.append(
+            f"| {result.config.name} | {result.config.description} | "
+            f"{result.config.chunking.label} | {m.ndcg_at_10:.3f} | {m.recall_at_100:.3f} | "
+            f"{m.mrr_at_10:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_report(evaluation: Evaluation, path: Path, command: str = "") -> Path:
+    """Writes the Markdown report to ``path`` and the chart beside it (same name, ``.png``);
+    returns the chart's path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    chart = path.with_suffix(".png")
+    write_chart(evaluation, chart)
+    queries = evaluation.results[0].metrics.queries if evaluation.results else 0
+    header = (
+        f"# Retrieval quality: {evaluation.dataset} ({evaluation.split}, {queries} queries)\n\n"
+        f"Embedding model: {evaluation.model}.\n\n"
+    )
+    if command:
+        header += f"```\n{command}\n```\n\n"
+    path.write_text(f"{header}{markdown_table(evaluation)}\n![chart]({chart.name})\n")
+    return chart
+
+
+def write_chart(evaluation: Evaluation, path: Path) -> None:
+    """A grouped horizontal bar chart: one group per configuration, one bar per measure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r.config.name for r in evaluation.results]
+    height = 0.8 / len(HEADERS)
+    figure, axes = plt.subplots(figsize=(8, 1.4 + 0.6 * len(names) * len(HEADERS) / 2))
+    for offset, (key, label) in enumerate(HEADERS.items()):
+        values = [float(getattr(r.metrics, key)) for r in evaluation.results]
+        positions = [i + offset * height for i in range(len(names))]
+        bars = axes.barh(positions, values, height=height, label=label)
+        axes.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
+    axes.set_yticks([i + height * (len(HEADERS) - 1) / 2 for i in range(len(names))], names)
+    axes.invert_yaxis()
+    axes.set_xlim(0, 1.08)
+    axes.set_title(f"{evaluation.dataset} {evaluation.split}: {evaluation.model}", fontsize=10)
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=len(HEADERS), fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
