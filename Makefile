@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml $(foreach s,$(SERVICES),services/$(s)/pyproje
 	command -v $(UV) >/dev/null || python3 -m pip install --quiet "uv==0.13.8"
 	test -x $(PY) || $(UV) venv --quiet --python $(PYTHON_VERSION) $(VENV)
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(UV) pip install --python $(PY) $(FIND_LINKS) \
-	  -e ".[dev]" $(foreach s,$(SERVICES),-e services/$(s))
+	  -e ".[dev,eval]" $(foreach s,$(SERVICES),-e services/$(s))
 	tools/install_helm.sh $(VENV)/bin
 	touch $@
 
@@ -64,7 +64,7 @@ typecheck: install
 	$(VENV)/bin/mypy src services/*/src
 
 test: install check-protos lint typecheck
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -m "not slow"
 
 test-unit: install
 	$(VENV)/bin/pytest -m unit

@@ -214,7 +214,13 @@ async def start_gateway(addresses: dict[str, str], **overrides: Any) -> AsyncIte
         **overrides,
     )
     upstreams = Upstreams.connect(settings)
-    pipeline = RagPipeline(settings, upstreams.embedder, upstreams.retriever, upstreams.generator)
+    pipeline = RagPipeline(
+        settings,
+        upstreams.embedder,
+        upstreams.retriever,
+        upstreams.generator,
+        model_generators=upstreams.model_generators,
+    )
     grpc_service = build_server(settings, pipeline)
     rest = build_rest_server(settings, create_app(pipeline, lambda: upstreams.health(1.0)))
     await grpc_service.start()

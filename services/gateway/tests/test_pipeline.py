@@ -14,8 +14,10 @@ from ragfleet_gateway.domain import (
     AnswerEvent,
     AskEvent,
     AskRequest,
+    AttemptOutcome,
     Document,
     InputType,
+    RestartEvent,
     RetrievalRequest,
     SearchMode,
     SourcesEvent,
@@ -239,14 +241,21 @@ async def test_deadline_leaves_room_for_the_fallback_answer() -> None:
     assert isinstance(answer, AnswerEvent) and answer.answer.degraded
 
 
-async def test_generator_failure_after_tokens_raises() -> None:
+async def test_generator_failure_after_tokens_restarts_into_a_retrieval_only_answer() -> None:
     generator = FakeGenerator(error=Unavailable("generator died"), fail_after=1)
     pipeline, _, _, _ = await indexed(generator=generator)
-    seen: list[AskEvent] = []
-    with pytest.raises(Unavailable, match="generator died"):
-        async for event in pipeline.ask(AskRequest("SIGTERM"), Deadline.after(5)):
-            seen.append(event)
-    assert any(isinstance(e, TokenEvent) for e in seen)
+    events = await collect(pipeline, AskRequest("SIGTERM"))
+    kinds = [type(e).__name__ for e in events]
+    assert kinds == ["SourcesEvent", "TokenEvent", "RestartEvent", "AnswerEvent"]
+    restart, answer = events[2], events[-1]
+    assert isinstance(restart, RestartEvent) and "generator died" in restart.reason
+    assert isinstance(answer, AnswerEvent)
+    a = answer.answer
+    assert a.restarted and a.degraded and not a.answered
+    assert a.text.startswith("No generated answer") and "The answer" not in a.text
+    assert [(x.outcome, x.discarded_chars) for x in a.attempts] == [
+        (AttemptOutcome.FAILED, len("The answer "))
+    ]
 
 
 async def test_embedder_down_still_answers_and_marks_degraded() -> None:

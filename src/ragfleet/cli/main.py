@@ -6,30 +6,37 @@ import asyncio
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import grpc
 import typer
 
-from ragfleet.cli.documents import iter_files, read_document
+from ragfleet.cli import ingestion
 from ragfleet.cli.fleet import Fleet, FleetSettings, health_status, wait_serving
 from ragfleet.common.v1 import common_pb2
+from ragfleet.eval.cli import eval_app
 from ragfleet.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from ragfleet.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from ragfleet.runtime.clients import insecure_channel
+from ragfleet.runtime.errors import RagfleetError
+from ragfleet.training.cli import train_app
+
+if TYPE_CHECKING:
+    from ragfleet.ingest import IngestSummary
 
 app = typer.Typer(
     help="ragfleet: retrieval-augmented generation as gRPC microservices.",
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(train_app, name="train")
+app.add_typer(eval_app, name="eval")
 
 MODES = {
     "hybrid": common_pb2.SEARCH_MODE_HYBRID,
     "lexical": common_pb2.SEARCH_MODE_LEXICAL,
     "dense": common_pb2.SEARCH_MODE_DENSE,
 }
-INGEST_BATCH_DOCUMENTS = 16
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -69,7 +76,10 @@ def up(
     if ingest_corpus and asyncio.run(_index_is_empty(settings)):
         if not corpus.exists():
             raise _fail(f"the index is empty and the corpus {corpus} does not exist")
-        asyncio.run(_ingest(settings, corpus, tenant=""))
+        summary = _run_ingest(settings, ingestion.IngestOptions(str(corpus), progress=False))
+        typer.echo(summary.describe())
+        if not summary.ok:
+            raise _fail(f"{summary.failed} documents of {corpus} failed to ingest")
     for name, address in fleet.health_targets().items():
         typer.echo(f"{name:<10} grpc://{address}")
     typer.echo(f"{'rest':<10} http://{settings.host}:{settings.gateway_rest_port}/docs")
@@ -103,11 +113,57 @@ def status() -> None:
 
 @app.command()
 def ingest(
-    path: Annotated[Path, typer.Argument(exists=True, help="a file or a directory")],
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="a directory (Markdown, text, HTML, PDF), a file, a JSONL or BEIR corpus.jsonl, "
+            "a *.urls file listing URLs, a URL, or a sitemap URL (*.xml)"
+        ),
+    ],
+    sync: Annotated[
+        bool, typer.Option("--sync", help="delete documents that vanished from the source")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
     tenant: str = "",
+    ray_address: Annotated[
+        str, typer.Option(help="Ray cluster address; default: the fleet's Ray, else local")
+    ] = "",
+    kind: Annotated[
+        str, typer.Option(help="auto, directory, file, jsonl, urls or sitemap")
+    ] = "auto",
+    embedding: Annotated[
+        str, typer.Option(help="service (the embedder) or local (model in Ray actors)")
+    ] = "service",
+    workers: Annotated[int, typer.Option(min=1, help="embedding actors")] = 1,
+    worker_cpus: Annotated[
+        float, typer.Option(min=0, help="CPUs per embedding actor; 0 shares the free CPUs")
+    ] = 0.0,
+    manifest: Annotated[
+        Path | None, typer.Option(help="default: $RAGFLEET_HOME/ingest/manifest.sqlite")
+    ] = None,
+    max_document_mb: Annotated[
+        float, typer.Option(min=0.001, help="larger documents are reported and skipped")
+    ] = 16.0,
 ) -> None:
-    """Chunk, embed and index Markdown, text and HTML files through the gateway."""
-    asyncio.run(_ingest(FleetSettings(), path, tenant))
+    """Load, parse, chunk, embed and index SOURCE on Ray Data. Re-running is a no-op for
+    unchanged documents; changed ones replace their chunks. Exits 1 when any document failed."""
+    options = ingestion.IngestOptions(
+        source=source,
+        tenant=tenant,
+        sync=sync,
+        kind=kind,
+        embedding=embedding,
+        workers=workers,
+        worker_cpus=worker_cpus,
+        ray_address=ray_address,
+        manifest=manifest,
+        max_document_mb=max_document_mb,
+        progress=not as_json,
+    )
+    summary = _run_ingest(FleetSettings(), options)
+    typer.echo(summary.to_json() if as_json else summary.describe())
+    if not summary.ok:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -140,29 +196,11 @@ async def _index_is_empty(settings: FleetSettings) -> bool:
     return stats.chunks == 0
 
 
-async def _ingest(settings: FleetSettings, root: Path, tenant: str) -> None:
-    files = list(iter_files(root))
-    if not files:
-        raise _fail(f"no Markdown, text or HTML files under {root}")
-    totals = gateway_pb2.IngestResponse()
-    async with insecure_channel(settings.gateway_address) as channel:
-        stub = gateway_pb2_grpc.GatewayServiceStub(channel)
-        for start in range(0, len(files), INGEST_BATCH_DOCUMENTS):
-            batch = [read_document(p) for p in files[start : start + INGEST_BATCH_DOCUMENTS]]
-            try:
-                reply = await stub.Ingest(
-                    gateway_pb2.IngestRequest(documents=batch, tenant=tenant), timeout=600
-                )
-            except grpc.aio.AioRpcError as err:
-                raise _rpc_error(err) from err
-            totals.documents += reply.documents
-            totals.chunks += reply.chunks
-            totals.unchanged += reply.unchanged
-            totals.replaced += reply.replaced
-    typer.echo(
-        f"ingested {totals.documents} documents from {root}: {totals.chunks} chunks "
-        f"({totals.unchanged} unchanged, {totals.replaced} replaced)"
-    )
+def _run_ingest(settings: FleetSettings, options: ingestion.IngestOptions) -> IngestSummary:
+    try:
+        return ingestion.run(settings, options)
+    except RagfleetError as err:
+        raise _fail(f"{err.grpc_code.name}: {err.message}", code=2) from err
 
 
 async def _ask(settings: FleetSettings, request: gateway_pb2.AskRequest, timeout_s: float) -> None:

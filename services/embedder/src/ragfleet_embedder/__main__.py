@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Callable
 
+from ragfleet.rerank import CrossEncoderReranker, Reranker
 from ragfleet.runtime.errors import ModelLoadError
 from ragfleet.runtime.logging import configure_logging, get_logger
 from ragfleet.runtime.server import run_service
@@ -26,7 +29,22 @@ def main() -> None:
             normalize=settings.normalize_embeddings,
         )
 
-    embedder = Embedder(settings, load_model)
+    reranker_path = settings.reranker_path
+    load_reranker: Callable[[], Reranker] | None = None
+    if reranker_path is not None:
+        load_reranker = functools.partial(
+            CrossEncoderReranker.load,
+            reranker_path,
+            device=settings.device,
+            batch_size=settings.reranker_batch_size,
+            max_length=settings.reranker_max_length,
+        )
+    embedder = Embedder(
+        settings,
+        load_model,
+        load_reranker,
+        reranker_name=reranker_path.name if reranker_path is not None else "",
+    )
 
     async def serve() -> None:
         # grpc.aio binds a server to the loop it is created in, so build it inside asyncio.run.

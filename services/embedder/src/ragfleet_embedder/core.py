@@ -1,4 +1,5 @@
-"""The embedder's domain core: validation, query/passage prefixes, batching. No gRPC here."""
+"""The embedder's domain core: validation, query/passage prefixes, batching, reranking. No gRPC
+here."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from ragfleet.runtime.errors import InvalidInput, Unavailable
+from ragfleet.rerank import Reranker
+from ragfleet.runtime.errors import FailedPrecondition, InvalidInput, Unavailable
 from ragfleet.runtime.logging import get_logger
 from ragfleet_embedder.batching import DynamicBatcher
 from ragfleet_embedder.model import EmbeddingModel
@@ -42,21 +44,47 @@ class ModelInfo:
     max_sequence_length: int
     max_batch_texts: int
     max_text_chars: int
+    reranker: str
+    """The reranker's name; empty when none is configured."""
+
+
+@dataclass(frozen=True)
+class RerankScores:
+    """One score per passage, in request order; higher is more relevant."""
+
+    scores: list[float]
+    model: str
+
+
+NO_RERANKER = (
+    "no reranker is configured: train one with 'ragfleet train reranker --dataset DIR --out "
+    "PATH' and set RAGFLEET_EMBEDDER_RERANKER_PATH=PATH"
+)
 
 
 class Embedder:
     """Embeds texts with a model loaded by ``load``, batching concurrent calls together.
 
-    ``model_loader`` blocks (it is run in a worker thread) and raises ``ModelLoadError`` when the
-    model cannot be loaded. Until ``load`` has finished, ``embed`` and ``model_info`` raise
-    ``Unavailable``.
+    ``model_loader`` and ``reranker_loader`` (optional: without it ``rerank`` raises
+    ``FailedPrecondition``) block (they run in a worker thread) and raise ``ModelLoadError``
+    when their model cannot be loaded. Until ``load`` has finished, ``embed``, ``rerank`` and
+    ``model_info`` raise ``Unavailable``.
     """
 
     def __init__(
-        self, settings: EmbedderSettings, model_loader: Callable[[], EmbeddingModel]
+        self,
+        settings: EmbedderSettings,
+        model_loader: Callable[[], EmbeddingModel],
+        reranker_loader: Callable[[], Reranker] | None = None,
+        reranker_name: str = "",
     ) -> None:
         self._settings = settings
         self._model_loader = model_loader
+        self._reranker_loader = reranker_loader
+        self._reranker_name = reranker_name if reranker_loader is not None else ""
+        self._reranker: Reranker | None = None
+        # The cross-encoder is not thread-safe; one scoring call at a time, off the loop.
+        self._rerank_lock = asyncio.Lock()
         self._model: EmbeddingModel | None = None
         self._batcher: DynamicBatcher | None = None
         self._prefixes = {
@@ -69,6 +97,9 @@ class Embedder:
         if self._model is not None:
             raise RuntimeError("the embedder is already loaded")
         model = await asyncio.to_thread(self._model_loader)
+        if self._reranker_loader is not None:
+            self._reranker = await asyncio.to_thread(self._reranker_loader)
+            log.info("reranker_loaded", reranker=self._reranker_name)
         batcher = DynamicBatcher(
             model.encode,
             max_batch_size=self._settings.batch_size,
@@ -107,7 +138,50 @@ class Embedder:
             max_sequence_length=model.max_sequence_length,
             max_batch_texts=self._settings.max_batch_texts,
             max_text_chars=self._settings.max_text_chars,
+            reranker=self._reranker_name,
         )
+
+    async def rerank(self, query: str, passages: Sequence[str]) -> RerankScores:
+        """Scores each passage's relevance to ``query`` with the configured cross-encoder, in
+        batches of ``reranker_batch_size`` pairs.
+
+        Raises ``InvalidInput`` when ``query`` is empty or longer than ``max_text_chars``, when
+        ``passages`` is empty or holds more than ``max_rerank_passages``, or when a passage is
+        empty or longer than ``max_text_chars``; ``FailedPrecondition`` when no reranker is
+        configured.
+        """
+        self._require_loaded()
+        max_chars = self._settings.max_text_chars
+        if not query.strip():
+            raise InvalidInput("query: must not be empty or whitespace only")
+        if len(query) > max_chars:
+            raise InvalidInput(
+                f"query: has {len(query)} characters; the limit is {max_chars} (max_text_chars)"
+            )
+        limit = self._settings.max_rerank_passages
+        if not passages:
+            raise InvalidInput("passages: must hold at least one passage")
+        if len(passages) > limit:
+            raise InvalidInput(
+                f"passages: holds {len(passages)} passages; the limit is {limit} "
+                "(max_rerank_passages)"
+            )
+        for index, passage in enumerate(passages):
+            if not passage.strip():
+                raise InvalidInput(f"passages[{index}]: is empty or whitespace only")
+            if len(passage) > max_chars:
+                raise InvalidInput(
+                    f"passages[{index}]: has {len(passage)} characters; the limit is "
+                    f"{max_chars} (max_text_chars)"
+                )
+        reranker = self._reranker
+        if reranker is None:
+            raise FailedPrecondition(NO_RERANKER)
+        async with self._rerank_lock:
+            scores = await asyncio.to_thread(reranker.score, query, list(passages))
+        if len(scores) != len(passages):
+            raise RuntimeError(f"the reranker gave {len(scores)} scores for {len(passages)}")
+        return RerankScores(scores=scores, model=self._reranker_name)
 
     def _validate(self, texts: Sequence[str]) -> None:
         limit = self._settings.max_batch_texts

@@ -46,4 +46,11 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
             max_sequence_length=info.max_sequence_length,
             max_batch_texts=info.max_batch_texts,
             max_text_chars=info.max_text_chars,
+            reranker=info.reranker,
         )
+
+    async def Rerank(
+        self, request: embedder_pb2.RerankRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> embedder_pb2.RerankResponse:
+        result = await self._embedder.rerank(request.query, list(request.passages))
+        return embedder_pb2.RerankResponse(scores=result.scores, model=result.model)

@@ -56,6 +56,23 @@ class EmbedderSettings(ServiceSettings):
         description="texts gathered from concurrent requests into one model call; a single "
         "request larger than this is never split, it forms a model call of its own",
     )
+    reranker_path: Path | None = Field(
+        default=None,
+        description="a local cross-encoder folder served by Rerank (make one with 'ragfleet "
+        "train reranker'); unset means Rerank answers FAILED_PRECONDITION. Never fetched.",
+    )
+    reranker_batch_size: int = Field(
+        default=32, ge=1, le=1024, description="(query, passage) pairs per cross-encoder call"
+    )
+    reranker_max_length: int = Field(
+        default=256,
+        ge=16,
+        le=512,
+        description="tokens of each (query, passage) pair the cross-encoder reads",
+    )
+    max_rerank_passages: int = Field(
+        default=100, ge=1, le=1000, description="most passages one Rerank request may carry"
+    )
     max_batch_wait_ms: float = Field(
         default=2.0,
         ge=0,

@@ -8,6 +8,7 @@ import asyncio
 from ragfleet.runtime.logging import configure_logging, get_logger
 from ragfleet.runtime.server import run_service
 from ragfleet_gateway.clients import Upstreams
+from ragfleet_gateway.ingest_jobs import IngestJobs
 from ragfleet_gateway.pipeline import RagPipeline
 from ragfleet_gateway.rest import create_app
 from ragfleet_gateway.server import build_rest_server, build_server
@@ -18,10 +19,18 @@ log = get_logger(__name__)
 
 async def serve(settings: GatewaySettings) -> None:
     upstreams = Upstreams.connect(settings)
-    pipeline = RagPipeline(settings, upstreams.embedder, upstreams.retriever, upstreams.generator)
-    grpc_service = build_server(settings, pipeline)
+    pipeline = RagPipeline(
+        settings,
+        upstreams.embedder,
+        upstreams.retriever,
+        upstreams.generator,
+        model_generators=upstreams.model_generators,
+        reranker=upstreams.embedder,
+    )
+    jobs = IngestJobs.from_settings(settings)
+    grpc_service = build_server(settings, pipeline, jobs)
     rest = build_rest_server(
-        settings, create_app(pipeline, lambda: upstreams.health(settings.health_timeout_s))
+        settings, create_app(pipeline, lambda: upstreams.health(settings.health_timeout_s), jobs)
     )
     rest_task: asyncio.Task[None] | None = None
 

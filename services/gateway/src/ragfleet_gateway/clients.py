@@ -3,14 +3,15 @@
 Every call takes the request's ``Deadline`` and sends the time left as its gRPC timeout. Failures
 become domain errors naming the upstream (``from_rpc_error``). Idempotent unary calls are retried
 on UNAVAILABLE only, a few times with a short backoff and never past the deadline; the streaming
-``Generate`` is never retried.
+``Generate`` is never retried here: ``ragfleet_gateway.fallback`` decides, from the error kind
+``generation_error`` keeps.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import grpc
@@ -22,7 +23,13 @@ from ragfleet.embedder.v1 import embedder_pb2, embedder_pb2_grpc
 from ragfleet.generator.v1 import generator_pb2, generator_pb2_grpc
 from ragfleet.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from ragfleet.runtime.clients import Deadline, insecure_channel
-from ragfleet.runtime.errors import RagfleetError, from_rpc_error
+from ragfleet.runtime.errors import (
+    DeadlineExceeded,
+    RagfleetError,
+    ResourceExhausted,
+    Unavailable,
+    from_rpc_error,
+)
 from ragfleet_gateway.domain import (
     Chunk,
     GenerationDone,
@@ -116,6 +123,18 @@ class EmbedderClient(_Upstream):
             )
         return [tuple(e.values) for e in reply.embeddings]
 
+    async def rerank(self, query: str, passages: Sequence[str], deadline: Deadline) -> list[float]:
+        """One relevance score per passage, in order (the embedder's cross-encoder)."""
+        request = embedder_pb2.RerankRequest(query=query, passages=list(passages))
+        reply = await self._unary(
+            "reranking", deadline, lambda t: self._stub.Rerank(request, timeout=t)
+        )
+        if len(reply.scores) != len(passages):
+            raise RagfleetError(
+                f"{self.label} returned {len(reply.scores)} scores for {len(passages)} passages"
+            )
+        return list(reply.scores)
+
 
 def _chunk_from_proto(c: common_pb2.Chunk) -> Chunk:
     return Chunk(
@@ -199,6 +218,22 @@ class RetrieverClient(_Upstream):
         return reply.deleted
 
 
+def generation_error(err: grpc.aio.AioRpcError, upstream: str) -> RagfleetError:
+    """Like ``from_rpc_error``, but keeps RESOURCE_EXHAUSTED retryable and reports codes other
+    than the retryable, deadline and client-mistake ones as a plain ``RagfleetError``, so the
+    fallback chain retries exactly UNAVAILABLE and RESOURCE_EXHAUSTED."""
+    code, details = err.code(), err.details() or ""
+    if code is grpc.StatusCode.UNAVAILABLE:
+        return Unavailable(f"{upstream} failed (UNAVAILABLE): {details}")
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return ResourceExhausted(f"{upstream} is overloaded (RESOURCE_EXHAUSTED): {details}")
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded(f"{upstream} did not answer within the deadline: {details}")
+    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
+        return from_rpc_error(err, upstream)
+    return RagfleetError(f"{upstream} failed ({code.name}): {details}")
+
+
 class GeneratorClient(_Upstream):
     """Calls the generator through the Ray Serve gRPC proxy, which routes on the
     ``application`` metadata key."""
@@ -249,7 +284,7 @@ class GeneratorClient(_Upstream):
                         ),
                     )
         except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err, self.label) from err
+            raise generation_error(err, self.label) from err
         finally:
             call.cancel()
 
@@ -267,12 +302,18 @@ class GeneratorClient(_Upstream):
 
 @dataclass
 class Upstreams:
-    """The three clients and their channels; ``connect`` creates the channels (no I/O)."""
+    """The three clients and their channels; ``connect`` creates the channels (no I/O).
+
+    ``generator`` is the default generator; ``model_generators`` maps each model of the
+    fallback chain (``settings.models``) to the client of its own generator, one client per
+    distinct address and application.
+    """
 
     embedder: EmbedderClient
     retriever: RetrieverClient
     generator: GeneratorClient
     channels: list[grpc.aio.Channel]
+    model_generators: dict[str, GeneratorClient] = field(default_factory=dict)
 
     @classmethod
     def connect(cls, settings: GatewaySettings) -> Upstreams:
@@ -285,16 +326,26 @@ class Upstreams:
                 settings.generator_address,
             )
         ]
+        default = GeneratorClient(
+            channels[2], settings.generator_address, settings.generator_application, attempts
+        )
+        clients = {(settings.generator_address, settings.generator_application): default}
+        model_generators: dict[str, GeneratorClient] = {}
+        for link in settings.models:
+            key = (
+                link.address or settings.generator_address,
+                link.application or settings.generator_application,
+            )
+            if key not in clients:
+                channels.append(insecure_channel(key[0]))
+                clients[key] = GeneratorClient(channels[-1], key[0], key[1], attempts)
+            model_generators[link.name] = clients[key]
         return cls(
             embedder=EmbedderClient(channels[0], settings.embedder_address, attempts),
             retriever=RetrieverClient(channels[1], settings.retriever_address, attempts),
-            generator=GeneratorClient(
-                channels[2],
-                settings.generator_address,
-                settings.generator_application,
-                attempts,
-            ),
+            generator=default,
             channels=channels,
+            model_generators=model_generators,
         )
 
     async def health(self, timeout_s: float) -> dict[str, str | None]:

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from ragfleet.chunking import Document as Document
+from ragfleet.chunking import TextChunk
 from ragfleet.fusion import FusionMethod
 
 
@@ -34,6 +36,8 @@ class RetrievalRequest:
     dense_weight: float | None = None
     tenant: str = ""
     equals: Mapping[str, str] = field(default_factory=dict)
+    rerank: bool | None = None
+    rerank_depth: int | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,8 @@ class RetrievalOptions:
     candidate_k: int
     tenant: str = ""
     equals: Mapping[str, str] = field(default_factory=dict)
+    rerank_depth: int = 0
+    """Fused candidates rescored by the reranker before the cut to ``top_k``; 0: no rerank."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,20 @@ class Chunk:
     tenant: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
     vector: tuple[float, ...] = ()
+
+    @classmethod
+    def embedded(cls, chunk: TextChunk, vector: tuple[float, ...]) -> Chunk:
+        """``chunk`` (from ``ragfleet.chunking``) with its passage vector."""
+        return cls(
+            id=chunk.id,
+            text=chunk.text,
+            source=chunk.source,
+            title=chunk.title,
+            section=chunk.section,
+            tenant=chunk.tenant,
+            metadata=chunk.metadata,
+            vector=vector,
+        )
 
 
 @dataclass(frozen=True)
@@ -115,14 +135,43 @@ class Usage:
     tokens_per_second: float = 0.0
 
 
+class AttemptOutcome(StrEnum):
+    """How one try of one model in the fallback chain ended."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class ModelAttempt:
+    """One try of one model: ``reason`` says why it failed or was skipped (empty on success);
+    ``discarded_chars`` counts the text it had streamed before it failed."""
+
+    model: str
+    outcome: AttemptOutcome
+    reason: str = ""
+    discarded_chars: int = 0
+    ms: float = 0.0
+
+
 @dataclass(frozen=True)
 class Answer:
+    """``answered`` is False when the documents do not answer the question (nothing relevant
+    retrieved, or the model declined: no citations) and for a retrieval-only answer
+    (degraded; its citations are the passages it lists). ``restarted`` is True when a model
+    failed after streaming text that the client was told to discard (a ``RestartEvent``)."""
+
     text: str
     citations: list[Citation]
     model: str
     usage: Usage
     timings: list[StageTiming]
     degraded_reasons: list[str] = field(default_factory=list)
+    answered: bool = True
+    attempts: list[ModelAttempt] = field(default_factory=list)
+    restarted: bool = False
 
     @property
     def degraded(self) -> bool:
@@ -140,11 +189,21 @@ class TokenEvent:
 
 
 @dataclass(frozen=True)
+class RestartEvent:
+    """``model`` failed after streaming tokens: the client discards every token received so
+    far; the tokens that follow are a new answer from the next model (or none, when the
+    retrieval-only answer follows)."""
+
+    model: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class AnswerEvent:
     answer: Answer
 
 
-AskEvent = SourcesEvent | TokenEvent | AnswerEvent
+AskEvent = SourcesEvent | TokenEvent | RestartEvent | AnswerEvent
 
 
 @dataclass(frozen=True)
@@ -178,15 +237,6 @@ class GenerationDone:
 
 
 GenerationEvent = TokenEvent | GenerationDone
-
-
-@dataclass(frozen=True)
-class Document:
-    source: str
-    text: str
-    title: str = ""
-    content_type: str = ""
-    metadata: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

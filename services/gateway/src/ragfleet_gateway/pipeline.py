@@ -8,25 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import time
 from collections.abc import AsyncGenerator, Awaitable, Mapping, Sequence
 from typing import Protocol, TypeVar
 
+from ragfleet.chunking import ChunkingStrategy, DocumentChunker, load_embedder_tokenizer
 from ragfleet.fusion import fuse
 from ragfleet.runtime.clients import Deadline
-from ragfleet.runtime.errors import DeadlineExceeded, Unavailable
+from ragfleet.runtime.errors import DeadlineExceeded, RagfleetError, Unavailable
 from ragfleet.runtime.logging import get_logger
-from ragfleet_gateway.chunking import DocumentChunker
+from ragfleet_gateway.breaker import CircuitBreaker
 from ragfleet_gateway.domain import (
     Answer,
     AnswerEvent,
     AskEvent,
     AskRequest,
+    AttemptOutcome,
     Chunk,
     Document,
-    GenerationDone,
-    GenerationEvent,
     GenerationParams,
     Hit,
     IngestResult,
@@ -41,7 +40,21 @@ from ragfleet_gateway.domain import (
     TokenEvent,
     Usage,
 )
-from ragfleet_gateway.prompt import PromptBuilder, resolve_citations, retrieval_only_text
+from ragfleet_gateway.fallback import (
+    Backoff,
+    ChainLink,
+    ChainResult,
+    ChainTimeouts,
+    FallbackChain,
+    Generator,
+    build_chain,
+)
+from ragfleet_gateway.prompt import (
+    PromptBuilder,
+    is_refusal,
+    resolve_citations,
+    retrieval_only_text,
+)
 from ragfleet_gateway.settings import GatewaySettings
 from ragfleet_gateway.validation import (
     check_ask,
@@ -84,10 +97,35 @@ class Retriever(Protocol):
     async def delete_source(self, tenant: str, source: str, deadline: Deadline) -> int: ...
 
 
-class Generator(Protocol):
-    def generate(
-        self, params: GenerationParams, deadline: Deadline, reserve_s: float = 0.0
-    ) -> AsyncGenerator[GenerationEvent, None]: ...
+class PassageReranker(Protocol):
+    async def rerank(
+        self, query: str, passages: Sequence[str], deadline: Deadline
+    ) -> list[float]: ...
+
+
+def _rerank_text(chunk: Chunk) -> str:
+    """What the reranker reads of a chunk: the text the lexical index searched."""
+    return "\n".join(part for part in (chunk.title, chunk.section, chunk.text) if part)
+
+
+def _fallback_chain(
+    settings: GatewaySettings, default: Generator, model_generators: Mapping[str, Generator]
+) -> FallbackChain:
+    links = {m.name: model_generators.get(m.name, default) for m in settings.models}
+    return build_chain(
+        links or {"": default},
+        passthrough=not links,
+        attempts_per_link=settings.generation_retry_attempts,
+        backoff=Backoff(settings.generation_retry_base_s, settings.generation_retry_max_s),
+        timeouts=ChainTimeouts(
+            settings.first_token_timeout_s,
+            settings.token_stall_timeout_s,
+            settings.answer_reserve_s,
+        ),
+        breaker=lambda: CircuitBreaker(
+            settings.breaker_failure_threshold, settings.breaker_cooldown_s
+        ),
+    )
 
 
 class _Stopwatch:
@@ -111,6 +149,12 @@ class _Stopwatch:
         return result
 
 
+def _chunker_for(settings: GatewaySettings) -> DocumentChunker:
+    config = settings.chunking()
+    tokenizer = load_embedder_tokenizer() if config.strategy is ChunkingStrategy.TOKENS else None
+    return DocumentChunker(config, tokenizer=tokenizer)
+
+
 class RagPipeline:
     """Retrieve, ask (grounded, streamed, cited) and ingest.
 
@@ -125,14 +169,20 @@ class RagPipeline:
         retriever: Retriever,
         generator: Generator,
         chunker: DocumentChunker | None = None,
+        *,
+        model_generators: Mapping[str, Generator] | None = None,
+        reranker: PassageReranker | None = None,
     ) -> None:
+        """``generator`` serves every model of ``settings.models`` that ``model_generators``
+        (model name -> generator) does not map elsewhere. ``reranker`` (the embedder's Rerank)
+        rescores fused candidates when a request asks for it; without one such requests are
+        answered in fused order, marked degraded."""
         self.settings = settings
         self._embedder = embedder
         self._retriever = retriever
-        self._generator = generator
-        self._chunker = chunker or DocumentChunker(
-            settings.chunk_size_chars, settings.chunk_overlap_chars
-        )
+        self._reranker = reranker
+        self._chain = _fallback_chain(settings, generator, model_generators or {})
+        self._chunker = chunker or _chunker_for(settings)
         self._prompt = PromptBuilder(
             settings.user_prompt_template(), settings.system_prompt, settings.source_max_chars
         )
@@ -148,6 +198,11 @@ class RagPipeline:
         side fails (embedder or dense search unavailable or too slow) the result is lexical
         only and marked degraded; likewise dense only when the lexical side fails. When both
         fail, the lexical side's error is raised.
+
+        With reranking on, the best ``rerank_depth`` fused hits are reordered by the reranker's
+        scores (a stable sort: ties keep the fused order) before the cut to ``top_k``; hits keep
+        their fused ``score``. A reranker failure or timeout (``rerank_timeout_s``) never fails
+        the request: the fused order is kept and the result marked degraded.
         """
         query = check_question(query, self.settings, field="query")
         options = resolve_retrieval(request, self.settings)
@@ -185,7 +240,41 @@ class RagPipeline:
         start = time.perf_counter()
         hits = self._fuse(lexical, dense, options)
         watch.stages["fuse"] = (time.perf_counter() - start) * 1000
-        return RetrievalResult(hits=hits, timings=watch.timings(), degraded_reasons=reasons)
+        if options.rerank_depth:
+            hits = await self._rerank(query, hits, options, deadline, watch, reasons)
+        return RetrievalResult(
+            hits=hits[: options.top_k], timings=watch.timings(), degraded_reasons=reasons
+        )
+
+    async def _rerank(
+        self,
+        query: str,
+        hits: list[Hit],
+        options: RetrievalOptions,
+        deadline: Deadline,
+        watch: _Stopwatch,
+        reasons: list[str],
+    ) -> list[Hit]:
+        head, tail = hits[: options.rerank_depth], hits[options.rerank_depth :]
+        if not head:
+            return hits
+        if self._reranker is None:
+            reasons.append("reranking skipped, fused order kept: no reranker is configured")
+            return hits
+        limit = self.settings.rerank_timeout_s
+        stage_deadline = Deadline(min(deadline.expires_at, time.monotonic() + limit))
+        work = self._reranker.rerank(query, [_rerank_text(h.chunk) for h in head], stage_deadline)
+        try:
+            scores = await watch.time("rerank", asyncio.wait_for(work, timeout=limit))
+        except TimeoutError:
+            reasons.append(f"reranking took over {limit:g} s, fused order kept")
+            return hits
+        except RagfleetError as exc:
+            log.warning("rerank_failed", error=exc.message)
+            reasons.append(f"reranking failed, fused order kept: {exc.message}")
+            return hits
+        order = sorted(range(len(head)), key=lambda i: -scores[i])
+        return [head[i] for i in order] + tail
 
     async def _lexical(
         self, query: str, options: RetrievalOptions, deadline: Deadline, watch: _Stopwatch
@@ -225,10 +314,11 @@ class RagPipeline:
     def _fuse(
         lexical: list[Hit] | None, dense: list[Hit] | None, options: RetrievalOptions
     ) -> list[Hit]:
+        limit = max(options.top_k, options.rerank_depth)
         if dense is None:
-            return (lexical or [])[: options.top_k]
+            return (lexical or [])[:limit]
         if lexical is None:
-            return dense[: options.top_k]
+            return dense[:limit]
         chunks = {h.chunk.id: h.chunk for h in (*dense, *lexical)}
         fused = fuse(
             options.fusion,
@@ -236,7 +326,7 @@ class RagPipeline:
             [(h.chunk.id, h.score) for h in dense],
             rrf_k=options.rrf_k,
             dense_weight=options.dense_weight,
-            limit=options.top_k,
+            limit=limit,
         )
         return [
             Hit(
@@ -250,32 +340,51 @@ class RagPipeline:
 
     # --- ask -----------------------------------------------------------------------------
     def ask(self, request: AskRequest, deadline: Deadline) -> AsyncGenerator[AskEvent, None]:
-        """Validates ``request`` now (raising ``InvalidInput`` before any event), then returns
-        the event stream: one ``SourcesEvent`` (numbered [1]..[n]), ``TokenEvent``s as the
-        generator streams them, and one ``AnswerEvent`` whose citations are the [n] markers the
-        model wrote (none when it cited none).
+        """Validates ``request`` now (raising ``InvalidInput``, or ``NotFound`` listing the
+        configured models, before any event), then returns the event stream: one
+        ``SourcesEvent`` (numbered [1]..[n]), ``TokenEvent``s as the model streams them, a
+        ``RestartEvent`` whenever a model fails after streaming (discard the text so far), and
+        one ``AnswerEvent`` whose citations are the [n] markers the model wrote.
 
-        With no sources the answer is ``no_answer_text``, sent as one token, without asking
-        the model. When the generator fails or stays silent before its first token (within
-        ``first_token_timeout_s`` and the deadline) the answer is made of the passages
-        themselves and marked degraded; a failure after tokens were sent raises.
+        Retrieval may use ``retrieval_budget_share`` of the deadline, at most
+        ``retrieval_budget_max_s``; generation gets the rest, through the fallback chain
+        (``ragfleet_gateway.fallback``). With no sources, or none scoring ``min_source_score``,
+        the answer is ``no_answer_text`` without asking a model (``answered`` false); an answer
+        that declines with that text cites nothing. When every model fails, the answer is made
+        of the passages themselves and marked degraded.
         """
         options = check_ask(request, self.settings)
-        return self._ask(request, options, deadline)
+        links = self._chain.links_from(request.model)
+        return self._ask(request, options, links, deadline)
 
     async def _ask(
-        self, request: AskRequest, options: RetrievalOptions, deadline: Deadline
+        self,
+        request: AskRequest,
+        options: RetrievalOptions,
+        links: list[ChainLink],
+        deadline: Deadline,
     ) -> AsyncGenerator[AskEvent, None]:
         watch = _Stopwatch()
         question = request.question.strip()
-        retrieval = await self._retrieve(question, options, deadline, watch)
+        retrieval = await self._retrieve(
+            question, options, self._retrieval_deadline(deadline), watch
+        )
         sources = [Source(number, hit) for number, hit in enumerate(retrieval.hits, start=1)]
         yield SourcesEvent(sources)
         reasons = list(retrieval.degraded_reasons)
-        if not sources:
+        threshold = self.settings.min_source_score
+        if not sources or (threshold is not None and max(s.hit.score for s in sources) < threshold):
             yield TokenEvent(self.settings.no_answer_text)
             yield AnswerEvent(
-                Answer(self.settings.no_answer_text, [], "", Usage(), watch.timings(), reasons)
+                Answer(
+                    self.settings.no_answer_text,
+                    [],
+                    "",
+                    Usage(),
+                    watch.timings(),
+                    reasons,
+                    answered=False,
+                )
             )
             return
         params = GenerationParams(
@@ -288,57 +397,66 @@ class RagPipeline:
                 else request.temperature
             ),
         )
-        parts: list[str] = []
-        done: GenerationDone | None = None
-        failure: str | None = None
+        result: ChainResult | None = None
         start = time.perf_counter()
-        stream = self._generator.generate(params, deadline, self.settings.answer_reserve_s)
-        try:
-            async with contextlib.aclosing(stream):
-                event: GenerationEvent | None = await self._first_event(stream, deadline)
-                while event is not None:
-                    if isinstance(event, TokenEvent):
-                        parts.append(event.text)
-                        yield event
-                    else:
-                        done = event
-                    event = await anext(stream, None)
-        except _DEGRADABLE as exc:
-            if parts:
-                raise
-            failure = exc.message
+        async with contextlib.aclosing(self._chain.stream(params, deadline, links)) as events:
+            async for event in events:
+                if isinstance(event, ChainResult):
+                    result = event
+                else:
+                    yield event
         watch.stages["generate"] = (time.perf_counter() - start) * 1000
-        if failure is not None:
-            log.warning("generation_failed", reason=failure)
-            reasons.append(f"generation failed, retrieval-only answer: {failure}")
-            text = retrieval_only_text(sources, failure, self.settings.source_max_chars)
-            model = ""
-        else:
-            text = "".join(parts)
-            model = done.model if done else params.model
-        answer = Answer(
-            text=text,
-            citations=resolve_citations(text, sources),
+        assert result is not None, "a fallback chain always ends with its result"
+        yield AnswerEvent(self._answer(result, sources, reasons, watch))
+
+    def _retrieval_deadline(self, deadline: Deadline) -> Deadline:
+        share = min(
+            self.settings.retrieval_budget_share * deadline.remaining(),
+            self.settings.retrieval_budget_max_s,
+        )
+        return Deadline(min(deadline.expires_at, time.monotonic() + share))
+
+    def _answer(
+        self,
+        result: ChainResult,
+        sources: list[Source],
+        reasons: list[str],
+        watch: _Stopwatch,
+    ) -> Answer:
+        failed = [a for a in result.attempts if a.outcome is not AttemptOutcome.SUCCEEDED]
+        if result.done is None:
+            log.warning("generation_failed", reason=result.failure)
+            reasons.append(f"generation failed, retrieval-only answer: {result.failure}")
+            text = retrieval_only_text(sources, result.failure, self.settings.source_max_chars)
+            return Answer(
+                text=text,
+                citations=resolve_citations(text, sources),
+                model="",
+                usage=Usage(),
+                timings=watch.timings(),
+                degraded_reasons=reasons,
+                answered=False,
+                attempts=result.attempts,
+                restarted=result.restarted,
+            )
+        model = result.done.model or result.attempts[-1].model
+        if failed:
+            tried = "; ".join(
+                f"{a.model or 'default model'} {a.outcome.value}: {a.reason}" for a in failed
+            )
+            reasons.append(f"answered by fallback model {model} after: {tried}")
+        declined = is_refusal(result.text, self.settings.no_answer_text)
+        return Answer(
+            text=result.text,
+            citations=[] if declined else resolve_citations(result.text, sources),
             model=model,
-            usage=done.usage if done else Usage(),
+            usage=result.done.usage,
             timings=watch.timings(),
             degraded_reasons=reasons,
+            answered=not declined,
+            attempts=result.attempts,
+            restarted=result.restarted,
         )
-        yield AnswerEvent(answer)
-
-    async def _first_event(
-        self, stream: AsyncGenerator[GenerationEvent, None], deadline: Deadline
-    ) -> GenerationEvent | None:
-        limit = min(
-            self.settings.first_token_timeout_s,
-            deadline.remaining() - self.settings.answer_reserve_s,
-        )
-        if limit <= 0:
-            raise DeadlineExceeded("no time was left for generation within the deadline")
-        try:
-            return await asyncio.wait_for(anext(stream, None), timeout=limit)
-        except TimeoutError:
-            raise DeadlineExceeded(f"the generator sent no token within {limit:.1f} s") from None
 
     # --- ingest --------------------------------------------------------------------------
     async def ingest(
@@ -353,10 +471,8 @@ class RagPipeline:
             lambda: [self._chunker.chunk(doc, tenant) for doc in documents]
         )
         flat = [c for chunks in chunked for c in chunks]
-        vectors = await self._embed_passages([c.text for c in flat], deadline)
-        embedded = iter(
-            dataclasses.replace(c, vector=v) for c, v in zip(flat, vectors, strict=True)
-        )
+        vectors = await self._embed_passages([c.passage for c in flat], deadline)
+        embedded = iter(Chunk.embedded(c, v) for c, v in zip(flat, vectors, strict=True))
         replaced = removed = 0
         size = self.settings.upsert_batch_size
         for doc, chunks in zip(documents, chunked, strict=True):

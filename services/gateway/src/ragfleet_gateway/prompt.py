@@ -65,6 +65,17 @@ def resolve_citations(text: str, sources: Sequence[Source]) -> list[Citation]:
     ]
 
 
+def _normalized(text: str) -> str:
+    return " ".join(_CITATION.sub(" ", text).lower().replace(".", " ").split())
+
+
+def is_refusal(answer: str, refusal: str) -> bool:
+    """Whether ``answer`` declines with the ``refusal`` text the prompt tells the model to use
+    (ignoring case, full stops, spacing and citation markers it may have added)."""
+    expected = _normalized(refusal)
+    return bool(expected) and _normalized(answer).startswith(expected)
+
+
 def retrieval_only_text(sources: Sequence[Source], reason: str, max_chars: int) -> str:
     """An answer made of the top passages, for when no model could answer."""
     passages = "\n\n".join(format_source(s, max_chars) for s in sources)

@@ -1,7 +1,8 @@
 """REST bridge (FastAPI) over the same ``RagPipeline`` the gRPC servicer calls.
 
 Routes: ``POST /v1/ask`` (JSON, or Server-Sent Events with ``"stream": true``),
-``POST /v1/retrieve``, ``POST /v1/ingest``, ``GET /healthz``; OpenAPI at ``/openapi.json`` and
+``POST /v1/retrieve``, ``POST /v1/ingest``, ``POST /v1/ingest/jobs`` and
+``GET /v1/ingest/jobs/{id}`` (ingestion jobs), ``GET /healthz``; OpenAPI at ``/openapi.json`` and
 ``/docs``. Every error is ``{"error": {"code": "<gRPC code name>", "message": "..."}}`` with the
 HTTP status of the domain error (400 invalid input, 503 unavailable, 504 deadline, ...).
 """
@@ -24,6 +25,7 @@ from ragfleet.runtime.clients import Deadline
 from ragfleet.runtime.errors import RagfleetError
 from ragfleet.runtime.logging import get_logger
 from ragfleet_gateway import domain
+from ragfleet_gateway.ingest_jobs import IngestJob, IngestJobs, JobRequest
 from ragfleet_gateway.pipeline import RagPipeline
 
 log = get_logger(__name__)
@@ -48,6 +50,12 @@ class RetrievalOptions(_Body):
     dense_weight: float | None = Field(default=None, description="weighted fusion, in [0, 1]")
     tenant: str = ""
     filter: dict[str, str] = Field(default_factory=dict, description="metadata equality filter")
+    rerank: bool | None = Field(
+        default=None, description="rescore fused candidates with the reranker (default: off)"
+    )
+    rerank_depth: int | None = Field(
+        default=None, description="candidates rescored, 1..max_rerank_depth (default 20)"
+    )
 
     def to_domain(self) -> domain.RetrievalRequest:
         return domain.RetrievalRequest(
@@ -58,13 +66,19 @@ class RetrievalOptions(_Body):
             dense_weight=self.dense_weight,
             tenant=self.tenant,
             equals=self.filter,
+            rerank=self.rerank,
+            rerank_depth=self.rerank_depth,
         )
 
 
 class AskBody(_Body):
     question: str
     retrieval: RetrievalOptions = Field(default_factory=RetrievalOptions)
-    model: str = Field(default="", description="empty: the generator's default model")
+    model: str = Field(
+        default="",
+        description="the first model of the fallback chain to try (404 unless configured); "
+        "empty: the chain's first model",
+    )
     max_tokens: int = Field(default=0, description="0: the default; at most max_tokens_limit")
     temperature: float | None = None
     stream: bool = Field(default=False, description="answer as Server-Sent Events")
@@ -167,6 +181,21 @@ class UsageOut(BaseModel):
     tokens_per_second: float
 
 
+class AttemptOut(BaseModel):
+    model: str = Field(description="empty: the generator's default model")
+    outcome: Literal["succeeded", "failed", "skipped", "rejected"]
+    reason: str
+    discarded_chars: int
+    ms: float
+
+
+class RestartOut(BaseModel):
+    """A model failed after streaming: discard the tokens received so far."""
+
+    model: str
+    reason: str
+
+
 class AnswerOut(BaseModel):
     text: str
     citations: list[CitationOut]
@@ -175,6 +204,12 @@ class AnswerOut(BaseModel):
     timings: list[TimingOut]
     degraded: bool
     degraded_reasons: list[str]
+    answered: bool = Field(
+        description="false: nothing relevant retrieved, the model declined (no citations), "
+        "or no model answered (retrieval-only, degraded)"
+    )
+    attempts: list[AttemptOut] = Field(description="every try of every model, in order")
+    restarted: bool = Field(description="a model failed mid-stream; a restart event was sent")
 
     @classmethod
     def of(cls, answer: domain.Answer) -> AnswerOut:
@@ -202,6 +237,18 @@ class AnswerOut(BaseModel):
             timings=[TimingOut(stage=t.stage, ms=t.ms) for t in answer.timings],
             degraded=answer.degraded,
             degraded_reasons=answer.degraded_reasons,
+            answered=answer.answered,
+            attempts=[
+                AttemptOut(
+                    model=a.model,
+                    outcome=a.outcome.value,
+                    reason=a.reason,
+                    discarded_chars=a.discarded_chars,
+                    ms=a.ms,
+                )
+                for a in answer.attempts
+            ],
+            restarted=answer.restarted,
         )
 
 
@@ -215,6 +262,82 @@ class IngestOut(BaseModel):
     chunks: int
     replaced: int = Field(description="documents whose source had chunks that were replaced")
     removed_chunks: int = Field(description="old chunks deleted for those sources")
+
+
+class IngestJobBody(_Body):
+    source: str = Field(
+        description="http(s) URL, sitemap URL (*.xml), or a path under the gateway's "
+        "ingest_allowed_roots (directory, file, JSONL/BEIR corpus, *.urls list)"
+    )
+    tenant: str = ""
+    sync: bool = Field(default=False, description="delete documents that vanished from source")
+
+
+class IngestItemOut(BaseModel):
+    source: str
+    reason: str
+
+
+class IngestSummaryOut(BaseModel):
+    documents: int
+    added: int
+    replaced: int
+    unchanged: int
+    deleted: int
+    skipped: int
+    failed: int
+    chunks_added: int
+    chunks_deleted: int
+    elapsed_s: float
+    failures: list[IngestItemOut]
+    skipped_items: list[IngestItemOut]
+
+
+class IngestJobOut(BaseModel):
+    id: str
+    state: Literal["running", "succeeded", "failed"] = Field(
+        description="failed: the run failed (error) or some documents did (summary.failures)"
+    )
+    source: str
+    tenant: str
+    sync: bool
+    created_at: float
+    finished_at: float | None
+    error: ErrorDetail | None
+    summary: IngestSummaryOut = Field(description="counts so far while running")
+
+    @classmethod
+    def of(cls, job: IngestJob) -> IngestJobOut:
+        s = job.summary
+        failure = job.failure
+        return cls(
+            id=job.id,
+            state=job.state.value,
+            source=job.request.source,
+            tenant=job.request.tenant,
+            sync=job.request.sync,
+            created_at=job.created_at,
+            finished_at=job.finished_at,
+            error=ErrorDetail(code=failure.grpc_code.name, message=failure.message)
+            if failure
+            else None,
+            summary=IngestSummaryOut(
+                documents=s.documents,
+                added=s.added,
+                replaced=s.replaced,
+                unchanged=s.unchanged,
+                deleted=s.deleted,
+                skipped=s.skipped,
+                failed=s.failed,
+                chunks_added=s.chunks_added,
+                chunks_deleted=s.chunks_deleted,
+                elapsed_s=s.elapsed_s,
+                failures=[IngestItemOut(source=r.source, reason=r.reason) for r in s.failures],
+                skipped_items=[
+                    IngestItemOut(source=r.source, reason=r.reason) for r in s.skipped_items
+                ],
+            ),
+        )
 
 
 class ErrorDetail(BaseModel):
@@ -258,6 +381,8 @@ def _encode(event: domain.AskEvent) -> bytes:
         return _sse("sources", SourcesOut.of(event))
     if isinstance(event, domain.TokenEvent):
         return _sse("token", {"text": event.text})
+    if isinstance(event, domain.RestartEvent):
+        return _sse("restart", RestartOut(model=event.model, reason=event.reason))
     return _sse("answer", AnswerOut.of(event.answer))
 
 
@@ -284,9 +409,13 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(500, "INTERNAL", f"internal error: {type(exc).__name__}")
 
 
-def create_app(pipeline: RagPipeline, health: HealthCheck) -> FastAPI:
-    """The REST app; ``health`` reports each upstream's state (None when SERVING)."""
+def create_app(
+    pipeline: RagPipeline, health: HealthCheck, jobs: IngestJobs | None = None
+) -> FastAPI:
+    """The REST app; ``health`` reports each upstream's state (None when SERVING); ``jobs``
+    runs ingestion jobs (default: built from the pipeline's settings)."""
     settings = pipeline.settings
+    ingest_jobs = jobs or IngestJobs.from_settings(settings)
     app = FastAPI(
         title="ragfleet gateway",
         version="1.0",
@@ -304,7 +433,8 @@ def create_app(pipeline: RagPipeline, health: HealthCheck) -> FastAPI:
             **_ERRORS,
             200: {
                 "description": "the answer as JSON, or with stream=true a text/event-stream of "
-                "events 'sources' (SourcesOut), 'token' ({text}), 'answer' (AnswerOut) and "
+                "events 'sources' (SourcesOut), 'token' ({text}), 'restart' (RestartOut: discard "
+                "the tokens so far), 'answer' (AnswerOut) and "
                 "'error' (ErrorOut) when it fails after streaming began",
                 "content": {"text/event-stream": {"schema": {"type": "string"}}},
             },
@@ -376,6 +506,25 @@ def create_app(pipeline: RagPipeline, health: HealthCheck) -> FastAPI:
             replaced=result.replaced,
             removed_chunks=result.removed_chunks,
         )
+
+    @app.post(
+        "/v1/ingest/jobs",
+        response_model=IngestJobOut,
+        status_code=202,
+        responses={400: _ERRORS[400]},
+    )
+    async def start_ingest_job(body: IngestJobBody) -> IngestJobOut:
+        """Starts ingesting a source with the Ray Data pipeline; poll the job for its state."""
+        job = ingest_jobs.start(JobRequest(body.source, body.tenant, body.sync))
+        return IngestJobOut.of(job)
+
+    @app.get(
+        "/v1/ingest/jobs/{job_id}",
+        response_model=IngestJobOut,
+        responses={404: {"model": ErrorOut, "description": "no such job"}},
+    )
+    async def get_ingest_job(job_id: str) -> IngestJobOut:
+        return IngestJobOut.of(ingest_jobs.get(job_id))
 
     @app.get(
         "/healthz",

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from ragfleet.gateway.v1 import gateway_pb2_grpc
 from ragfleet.runtime.server import GrpcService, Servicer, create_server
+from ragfleet_gateway.ingest_jobs import IngestJobs
 from ragfleet_gateway.pipeline import RagPipeline
 from ragfleet_gateway.servicer import GatewayServicer
 from ragfleet_gateway.settings import GatewaySettings
@@ -19,13 +20,16 @@ from ragfleet_gateway.settings import GatewaySettings
 SERVICE_NAME = "ragfleet.gateway.v1.GatewayService"
 
 
-def build_server(settings: GatewaySettings, pipeline: RagPipeline) -> GrpcService:
-    """An unstarted gRPC server for GatewayService (plus health and reflection)."""
+def build_server(
+    settings: GatewaySettings, pipeline: RagPipeline, jobs: IngestJobs | None = None
+) -> GrpcService:
+    """An unstarted gRPC server for GatewayService (plus health and reflection); ``jobs`` is
+    shared with the REST app (default: a registry of its own)."""
     return create_server(
         settings,
         [
             Servicer(
-                GatewayServicer(pipeline),
+                GatewayServicer(pipeline, jobs),
                 gateway_pb2_grpc.add_GatewayServiceServicer_to_server,
                 SERVICE_NAME,
             )

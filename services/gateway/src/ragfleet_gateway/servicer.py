@@ -20,14 +20,17 @@ from ragfleet_gateway.domain import (
     AnswerEvent,
     AskEvent,
     AskRequest,
+    AttemptOutcome,
     Document,
     Hit,
+    RestartEvent,
     RetrievalRequest,
     SearchMode,
     SourcesEvent,
     StageTiming,
     TokenEvent,
 )
+from ragfleet_gateway.ingest_jobs import IngestJobs, JobRequest
 from ragfleet_gateway.pipeline import RagPipeline
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -66,6 +69,8 @@ def retrieval_request(options: gateway_pb2.RetrievalOptions) -> RetrievalRequest
         ),
         tenant=options.filter.tenant,
         equals=dict(options.filter.equals),
+        rerank=options.rerank if options.HasField("rerank") else None,
+        rerank_depth=options.rerank_depth if options.HasField("rerank_depth") else None,
     )
 
 
@@ -85,6 +90,14 @@ def hit_to_proto(hit: Hit) -> common_pb2.ScoredChunk:
         lexical_rank=hit.lexical_rank,
         dense_rank=hit.dense_rank,
     )
+
+
+_OUTCOMES = {
+    AttemptOutcome.SUCCEEDED: gateway_pb2.ATTEMPT_OUTCOME_SUCCEEDED,
+    AttemptOutcome.FAILED: gateway_pb2.ATTEMPT_OUTCOME_FAILED,
+    AttemptOutcome.SKIPPED: gateway_pb2.ATTEMPT_OUTCOME_SKIPPED,
+    AttemptOutcome.REJECTED: gateway_pb2.ATTEMPT_OUTCOME_REJECTED,
+}
 
 
 def _timings(timings: list[StageTiming]) -> list[gateway_pb2.StageTiming]:
@@ -116,6 +129,18 @@ def answer_to_proto(answer: Answer) -> gateway_pb2.Answer:
         timings=_timings(answer.timings),
         degraded=answer.degraded,
         degraded_reasons=answer.degraded_reasons,
+        answered=answer.answered,
+        attempts=[
+            gateway_pb2.ModelAttempt(
+                model=a.model,
+                outcome=_OUTCOMES[a.outcome],
+                reason=a.reason,
+                discarded_chars=a.discarded_chars,
+                ms=a.ms,
+            )
+            for a in answer.attempts
+        ],
+        restarted=answer.restarted,
     )
 
 
@@ -131,6 +156,10 @@ def event_to_proto(event: AskEvent) -> gateway_pb2.AskEvent:
         )
     if isinstance(event, TokenEvent):
         return gateway_pb2.AskEvent(token=event.text)
+    if isinstance(event, RestartEvent):
+        return gateway_pb2.AskEvent(
+            restart=gateway_pb2.Restart(model=event.model, reason=event.reason)
+        )
     assert isinstance(event, AnswerEvent)
     return gateway_pb2.AskEvent(answer=answer_to_proto(event.answer))
 
@@ -139,9 +168,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     """Deadlines: the client's gRPC deadline, capped by ``request_timeout_s`` (ingest:
     ``ingest_timeout_s``)."""
 
-    def __init__(self, pipeline: RagPipeline) -> None:
+    def __init__(self, pipeline: RagPipeline, jobs: IngestJobs | None = None) -> None:
         self._pipeline = pipeline
         self._settings = pipeline.settings
+        self._jobs = jobs or IngestJobs.from_settings(pipeline.settings)
 
     async def Ask(
         self, request: gateway_pb2.AskRequest, context: Context
@@ -175,6 +205,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def Ingest(
         self, request: gateway_pb2.IngestRequest, context: Context
     ) -> gateway_pb2.IngestResponse:
+        """Inline ``documents`` go through ``RagPipeline.ingest``; a ``source`` runs an
+        ingestion job (the Ray Data pipeline) and answers with its summary when it ends."""
+        if request.source:
+            if request.documents:
+                raise InvalidInput("documents, source: give inline documents or a source, not both")
+            return await self._ingest_source(request, context)
+        if request.sync:
+            raise InvalidInput("sync: only applies to ingestion from a source")
         documents = [
             Document(
                 source=d.source,
@@ -190,4 +228,29 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         )
         return gateway_pb2.IngestResponse(
             documents=result.documents, chunks=result.chunks, replaced=result.replaced
+        )
+
+    async def _ingest_source(
+        self, request: gateway_pb2.IngestRequest, context: Context
+    ) -> gateway_pb2.IngestResponse:
+        job = self._jobs.start(JobRequest(request.source, request.tenant, request.sync))
+        await job.done.wait()
+        if job.failure is not None:
+            raise job.failure
+        s = job.summary
+        return gateway_pb2.IngestResponse(
+            documents=s.documents,
+            chunks=s.chunks_added,
+            unchanged=s.unchanged,
+            replaced=s.replaced,
+            added=s.added,
+            deleted=s.deleted,
+            skipped=s.skipped,
+            failed=s.failed,
+            chunks_deleted=s.chunks_deleted,
+            failures=[gateway_pb2.IngestItem(source=r.source, reason=r.reason) for r in s.failures],
+            skipped_items=[
+                gateway_pb2.IngestItem(source=r.source, reason=r.reason) for r in s.skipped_items
+            ],
+            elapsed_s=s.elapsed_s,
         )

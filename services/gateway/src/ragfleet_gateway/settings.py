@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from ragfleet.chunking import ChunkingConfig, ChunkingStrategy
 from ragfleet.runtime.settings import ServiceSettings
 
 # Small models follow an example better than a rule: the system prompt shows one cited answer.
@@ -31,6 +32,19 @@ Sources:
 [2] Parking is free on Sundays.
 Question: When does the office open?
 Answer: The office opens at 9 am [1]."""
+
+
+class ModelLink(BaseModel):
+    """One link of the fallback chain: a model name, and where it is served when that is not
+    the default generator (``generator_address`` / ``generator_application``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, description="the model name sent in GenerateRequest.model")
+    address: str = Field(default="", description="gRPC address; empty: generator_address")
+    application: str = Field(
+        default="", description="Ray Serve application; empty: generator_application"
+    )
 
 
 class GatewaySettings(ServiceSettings):
@@ -59,6 +73,11 @@ class GatewaySettings(ServiceSettings):
         default="generator",
         description="Ray Serve application name, sent as gRPC metadata 'application'",
     )
+    models: tuple[ModelLink, ...] = Field(
+        default=(),
+        description="the fallback chain, in order: model names or {name, address, application} "
+        "objects, as JSON; empty: one link, the default generator's default model",
+    )
     upstream_retry_attempts: int = Field(
         default=3,
         ge=1,
@@ -67,6 +86,24 @@ class GatewaySettings(ServiceSettings):
     )
     health_timeout_s: float = Field(
         default=2.0, gt=0, description="timeout of each upstream probe behind GET /healthz"
+    )
+
+    generation_retry_attempts: int = Field(
+        default=2,
+        ge=1,
+        le=10,
+        description="tries of one model before the next, on UNAVAILABLE or RESOURCE_EXHAUSTED "
+        "before its first token",
+    )
+    generation_retry_base_s: float = Field(
+        default=0.1, gt=0, description="backoff before the first retry; doubles, with jitter"
+    )
+    generation_retry_max_s: float = Field(default=1.0, gt=0, description="longest backoff")
+    breaker_failure_threshold: int = Field(
+        default=3, ge=1, description="consecutive failures of a model that open its breaker"
+    )
+    breaker_cooldown_s: float = Field(
+        default=30.0, gt=0, description="how long an open breaker skips its model"
     )
 
     # --- deadlines -----------------------------------------------------------------------
@@ -78,11 +115,26 @@ class GatewaySettings(ServiceSettings):
     ingest_timeout_s: float = Field(
         default=600.0, gt=0, description="deadline of an ingest request (same rule)"
     )
+    retrieval_budget_share: float = Field(
+        default=0.25,
+        gt=0,
+        le=1,
+        description="share of an ask's deadline that retrieval may use (capped by "
+        "retrieval_budget_max_s); the rest is generation's",
+    )
+    retrieval_budget_max_s: float = Field(
+        default=5.0, gt=0, description="most seconds retrieval may use within an ask"
+    )
     first_token_timeout_s: float = Field(
         default=60.0,
         gt=0,
-        description="how long the generator may take to its first token before the answer "
-        "falls back to retrieval only",
+        description="how long one model may take to its first token before the next model "
+        "(or the retrieval-only answer) is tried",
+    )
+    token_stall_timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="longest silence between two tokens before the model counts as failed",
     )
     answer_reserve_s: float = Field(
         default=0.25,
@@ -102,6 +154,23 @@ class GatewaySettings(ServiceSettings):
     )
     default_dense_weight: float = Field(default=0.5, ge=0, le=1)
     default_rrf_k: int = Field(default=60, ge=1)
+    rerank: bool = Field(
+        default=False,
+        description="rescore fused candidates with the embedder's Rerank unless a request says "
+        "otherwise; off by default (docs/benchmarks.md, Reranking, says why)",
+    )
+    rerank_depth: int = Field(
+        default=20, ge=1, description="fused candidates rescored when reranking (raised to top_k)"
+    )
+    max_rerank_depth: int = Field(
+        default=100, ge=1, description="largest rerank_depth a request may ask for"
+    )
+    rerank_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="longest the rerank stage may take; past it the fused order is kept and "
+        "the result is marked degraded",
+    )
     max_question_chars: int = Field(default=2000, ge=1, description="longest question or query")
 
     # --- generation ----------------------------------------------------------------------
@@ -126,12 +195,28 @@ class GatewaySettings(ServiceSettings):
         default=1500, ge=100, description="longest passage text shown to the model per source"
     )
     no_answer_text: str = Field(
-        default="The documents do not say.", description="the answer when nothing was retrieved"
+        default="The documents do not say.",
+        description="the answer when nothing relevant was retrieved; an answer that starts "
+        "with it counts as the model declining (answered: false, no citations)",
+    )
+    min_source_score: float | None = Field(
+        default=None,
+        description="when the best passage scores below this, nothing relevant was retrieved "
+        "and the model is not asked; meaningful only for scores on an absolute scale (dense "
+        "cosine, a reranker's), not for fused min-max or RRF scores; unset: no threshold",
     )
 
     # --- ingestion -----------------------------------------------------------------------
+    chunk_strategy: ChunkingStrategy = Field(
+        default=ChunkingStrategy.CHARACTERS,
+        description="characters, tokens (the embedding model's) or none (whole documents)",
+    )
     chunk_size_chars: int = Field(default=1000, ge=100)
     chunk_overlap_chars: int = Field(default=150, ge=0)
+    chunk_size_tokens: int = Field(
+        default=200, ge=16, description="chunk size with the tokens strategy; MiniLM reads 256"
+    )
+    chunk_overlap_tokens: int = Field(default=32, ge=0)
     embed_batch_size: int = Field(default=32, ge=1, le=1024)
     upsert_batch_size: int = Field(default=256, ge=1)
     max_ingest_documents: int = Field(default=256, ge=1, description="documents per request")
@@ -139,12 +224,50 @@ class GatewaySettings(ServiceSettings):
         default=20 * 1024 * 1024, ge=1, description="UTF-8 bytes of document text per request"
     )
 
+    # --- ingestion jobs (a source read by the Ray Data pipeline) ---------------------------
+    ingest_ray_address: str = Field(
+        default="local",
+        description="Ray for ingestion jobs: 'local' starts one in-process on the first job; "
+        "else a cluster address (the fleet's head needs RAY_AUTH_MODE=token)",
+    )
+    ingest_manifest_path: Path = Field(
+        default=Path("var/ingest/manifest.sqlite"),
+        description="the ingestion manifest (the CLI's default too, run from the same folder)",
+    )
+    ingest_embedding: Literal["local", "service"] = Field(
+        default="service",
+        description="'service': the embedder (already loaded) embeds; 'local': a model per "
+        "Ray actor",
+    )
+    ingest_workers: int = Field(default=1, ge=1, le=64, description="embedding actors per job")
+    ingest_allowed_roots: list[Path] = Field(
+        default_factory=list,
+        description="local folders a job may read (JSON list); empty: URLs only",
+    )
+    ingest_jobs_kept: int = Field(
+        default=100, ge=1, description="finished jobs remembered for GET /v1/ingest/jobs/{id}"
+    )
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _names_are_links(cls, value: object) -> object:
+        if isinstance(value, list | tuple):
+            return tuple({"name": v} if isinstance(v, str) else v for v in value)
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> GatewaySettings:
+        names = [link.name for link in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"models must not repeat a name; got {names}")
         if self.chunk_overlap_chars >= self.chunk_size_chars:
             raise ValueError("chunk_overlap_chars must be smaller than chunk_size_chars")
+        if self.chunk_overlap_tokens >= self.chunk_size_tokens:
+            raise ValueError("chunk_overlap_tokens must be smaller than chunk_size_tokens")
         if self.default_top_k > self.max_top_k:
             raise ValueError("default_top_k must not exceed max_top_k")
+        if self.rerank_depth > self.max_rerank_depth:
+            raise ValueError("rerank_depth must not exceed max_rerank_depth")
         template = self.user_prompt_template()
         try:
             template.format(sources="", question="")
@@ -163,3 +286,11 @@ class GatewaySettings(ServiceSettings):
         if self.prompt_template_file is not None:
             return self.prompt_template_file.read_text(encoding="utf-8")
         return self.prompt_template
+
+    def chunking(self) -> ChunkingConfig:
+        """The chunker's configuration: the size and overlap in the chosen strategy's unit."""
+        if self.chunk_strategy is ChunkingStrategy.TOKENS:
+            return ChunkingConfig(
+                self.chunk_strategy, self.chunk_size_tokens, self.chunk_overlap_tokens
+            )
+        return ChunkingConfig(self.chunk_strategy, self.chunk_size_chars, self.chunk_overlap_chars)

@@ -5,6 +5,8 @@ Each check raises ``InvalidInput`` whose message names the field and the documen
 - ``retrieval.top_k``: 1..``max_top_k`` (50); unset means ``default_top_k``.
 - ``retrieval.mode``: lexical, dense or hybrid; ``retrieval.fusion``: rrf or weighted.
 - ``retrieval.fusion.dense_weight``: in [0, 1]; ``retrieval.fusion.rrf_k``: >= 1 (0 = default).
+- ``retrieval.rerank_depth``: 1..``max_rerank_depth`` (100), raised to ``top_k``; unset means
+  ``rerank_depth`` (20). ``retrieval.rerank`` unset means the ``rerank`` setting (off).
 - ``max_tokens``: 0..``max_tokens_limit`` (2048), 0 means the default.
 - ``temperature``: in [0, 2].
 - ``documents``: 1..``max_ingest_documents`` (256), each with a non-empty ``source`` (unique in
@@ -70,15 +72,23 @@ def resolve_retrieval(request: RetrievalRequest, settings: GatewaySettings) -> R
     rrf_k = settings.default_rrf_k if not request.rrf_k else request.rrf_k
     if rrf_k < 1:
         raise InvalidInput(f"retrieval.fusion.rrf_k must be at least 1; got {request.rrf_k}")
+    depth = settings.rerank_depth if request.rerank_depth is None else request.rerank_depth
+    if not 1 <= depth <= settings.max_rerank_depth:
+        raise InvalidInput(
+            f"retrieval.rerank_depth must be between 1 and {settings.max_rerank_depth}; got {depth}"
+        )
+    rerank = settings.rerank if request.rerank is None else request.rerank
+    depth = max(depth, top_k) if rerank else 0
     return RetrievalOptions(
         top_k=top_k,
         mode=mode,
         fusion=fusion,
         rrf_k=rrf_k,
         dense_weight=weight,
-        candidate_k=max(settings.candidate_k, top_k),
+        candidate_k=max(settings.candidate_k, top_k, depth),
         tenant=request.tenant,
         equals=dict(request.equals),
+        rerank_depth=depth,
     )
 
 

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#ragfleet/embedder/v1/embedder.proto\x12\x14ragfleet.embedder.v1\"R\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x33\n\ninput_type\x18\x02 \x01(\x0e\x32\x1f.ragfleet.embedder.v1.InputType\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"f\n\rEmbedResponse\x12\x33\n\nembeddings\x18\x01 \x03(\x0b\x32\x1f.ragfleet.embedder.v1.Embedding\x12\r\n\x05model\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\x05\"\x15\n\x13GetModelInfoRequest\"z\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\x05\x12\x1b\n\x13max_sequence_length\x18\x03 \x01(\x05\x12\x17\n\x0fmax_batch_texts\x18\x04 \x01(\x05\x12\x16\n\x0emax_text_chars\x18\x05 \x01(\x05*U\n\tInputType\x12\x1a\n\x16INPUT_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10INPUT_TYPE_QUERY\x10\x01\x12\x16\n\x12INPUT_TYPE_PASSAGE\x10\x02\x32\xbf\x01\n\x0f\x45mbedderService\x12P\n\x05\x45mbed\x12\".ragfleet.embedder.v1.EmbedRequest\x1a#.ragfleet.embedder.v1.EmbedResponse\x12Z\n\x0cGetModelInfo\x12).ragfleet.embedder.v1.GetModelInfoRequest\x1a\x1f.ragfleet.embedder.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#ragfleet/embedder/v1/embedder.proto\x12\x14ragfleet.embedder.v1\"R\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x33\n\ninput_type\x18\x02 \x01(\x0e\x32\x1f.ragfleet.embedder.v1.InputType\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"f\n\rEmbedResponse\x12\x33\n\nembeddings\x18\x01 \x03(\x0b\x32\x1f.ragfleet.embedder.v1.Embedding\x12\r\n\x05model\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\x05\"\x15\n\x13GetModelInfoRequest\"\x8c\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\x05\x12\x1b\n\x13max_sequence_length\x18\x03 \x01(\x05\x12\x17\n\x0fmax_batch_texts\x18\x04 \x01(\x05\x12\x16\n\x0emax_text_chars\x18\x05 \x01(\x05\x12\x10\n\x08reranker\x18\x06 \x01(\t\"0\n\rRerankRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x10\n\x08passages\x18\x02 \x03(\t\"/\n\x0eRerankResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\r\n\x05model\x18\x02 \x01(\t*U\n\tInputType\x12\x1a\n\x16INPUT_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10INPUT_TYPE_QUERY\x10\x01\x12\x16\n\x12INPUT_TYPE_PASSAGE\x10\x02\x32\x94\x02\n\x0f\x45mbedderService\x12P\n\x05\x45mbed\x12\".ragfleet.embedder.v1.EmbedRequest\x1a#.ragfleet.embedder.v1.EmbedResponse\x12Z\n\x0cGetModelInfo\x12).ragfleet.embedder.v1.GetModelInfoRequest\x1a\x1f.ragfleet.embedder.v1.ModelInfo\x12S\n\x06Rerank\x12#.ragfleet.embedder.v1.RerankRequest\x1a$.ragfleet.embedder.v1.RerankResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ragfleet.embedder.v1.embedder_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_INPUTTYPE']._serialized_start=425
-  _globals['_INPUTTYPE']._serialized_end=510
+  _globals['_INPUTTYPE']._serialized_start=543
+  _globals['_INPUTTYPE']._serialized_end=628
   _globals['_EMBEDREQUEST']._serialized_start=61
   _globals['_EMBEDREQUEST']._serialized_end=143
   _globals['_EMBEDDING']._serialized_start=145
@@ -41,8 +41,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EMBEDRESPONSE']._serialized_end=276
   _globals['_GETMODELINFOREQUEST']._serialized_start=278
   _globals['_GETMODELINFOREQUEST']._serialized_end=299
-  _globals['_MODELINFO']._serialized_start=301
-  _globals['_MODELINFO']._serialized_end=423
-  _globals['_EMBEDDERSERVICE']._serialized_start=513
-  _globals['_EMBEDDERSERVICE']._serialized_end=704
+  _globals['_MODELINFO']._serialized_start=302
+  _globals['_MODELINFO']._serialized_end=442
+  _globals['_RERANKREQUEST']._serialized_start=444
+  _globals['_RERANKREQUEST']._serialized_end=492
+  _globals['_RERANKRESPONSE']._serialized_start=494
+  _globals['_RERANKRESPONSE']._serialized_end=541
+  _globals['_EMBEDDERSERVICE']._serialized_start=631
+  _globals['_EMBEDDERSERVICE']._serialized_end=907
 # @@protoc_insertion_point(module_scope)

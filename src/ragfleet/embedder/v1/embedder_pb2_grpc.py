@@ -44,6 +44,11 @@ class EmbedderServiceStub:
                 request_serializer=ragfleet_dot_embedder_dot_v1_dot_embedder__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=ragfleet_dot_embedder_dot_v1_dot_embedder__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.Rerank = channel.unary_unary(
+                '/ragfleet.embedder.v1.EmbedderService/Rerank',
+                request_serializer=ragfleet_dot_embedder_dot_v1_dot_embedder__pb2.RerankRequest.SerializeToString,
+                response_deserializer=ragfleet_dot_embedder_dot_v1_dot_embedder__pb2.RerankResponse.FromString,
+                _registered_method=True)
 
 
 class EmbedderServiceServicer:
@@ -62,6 +67,14 @@ class EmbedderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Rerank(self, request, context):
+        """Scores each passage's relevance to the query with the configured cross-encoder.
+        FAILED_PRECONDITION when the embedder has no reranker configured.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EmbedderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -74,6 +87,11 @@ def add_EmbedderServiceServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=ragfleet_dot_embedder_dot_v1_dot_embedder__pb2.GetModelInfoRequest.FromString,
                     response_serializer=ragfleet_dot_embedder_dot_v1_dot_embedder__pb2.ModelInfo.SerializeToString,
+            ),
+            'Rerank': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rerank,
+                    request_deserializer=ragfleet_dot_embedder_dot_v1_dot_embedder__pb2.RerankRequest.FromString,
+                    response_serializer=ragfleet_dot_embedder_dot_v1_dot_embedder__pb2.RerankResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -130,6 +148,33 @@ class EmbedderService:
             '/ragfleet.embedder.v1.EmbedderService/GetModelInfo',
             ragfleet_dot_embedder_dot_v1_dot_embedder__pb2.GetModelInfoRequest.SerializeToString,
             ragfleet_dot_embedder_dot_v1_dot_embedder__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rerank(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ragfleet.embedder.v1.EmbedderService/Rerank',
+            ragfleet_dot_embedder_dot_v1_dot_embedder__pb2.RerankRequest.SerializeToString,
+            ragfleet_dot_embedder_dot_v1_dot_embedder__pb2.RerankResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -34,6 +34,10 @@ class EmbedderServiceStub:
     Embed: _grpc.UnaryUnaryMultiCallable[_embedder_pb2.EmbedRequest, _embedder_pb2.EmbedResponse]
     """Embeds texts; concurrent calls are batched together by the server."""
     GetModelInfo: _grpc.UnaryUnaryMultiCallable[_embedder_pb2.GetModelInfoRequest, _embedder_pb2.ModelInfo]
+    Rerank: _grpc.UnaryUnaryMultiCallable[_embedder_pb2.RerankRequest, _embedder_pb2.RerankResponse]
+    """Scores each passage's relevance to the query with the configured cross-encoder.
+    FAILED_PRECONDITION when the embedder has no reranker configured.
+    """
 
 @_typing.type_check_only
 class EmbedderServiceAsyncStub(EmbedderServiceStub):
@@ -41,6 +45,10 @@ class EmbedderServiceAsyncStub(EmbedderServiceStub):
     Embed: _aio.UnaryUnaryMultiCallable[_embedder_pb2.EmbedRequest, _embedder_pb2.EmbedResponse]  # type: ignore[assignment]
     """Embeds texts; concurrent calls are batched together by the server."""
     GetModelInfo: _aio.UnaryUnaryMultiCallable[_embedder_pb2.GetModelInfoRequest, _embedder_pb2.ModelInfo]  # type: ignore[assignment]
+    Rerank: _aio.UnaryUnaryMultiCallable[_embedder_pb2.RerankRequest, _embedder_pb2.RerankResponse]  # type: ignore[assignment]
+    """Scores each passage's relevance to the query with the configured cross-encoder.
+    FAILED_PRECONDITION when the embedder has no reranker configured.
+    """
 
 class EmbedderServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -57,5 +65,15 @@ class EmbedderServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _embedder_pb2.GetModelInfoRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_embedder_pb2.ModelInfo, _abc.Awaitable[_embedder_pb2.ModelInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def Rerank(
+        self,
+        request: _embedder_pb2.RerankRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_embedder_pb2.RerankResponse, _abc.Awaitable[_embedder_pb2.RerankResponse]]:
+        """Scores each passage's relevance to the query with the configured cross-encoder.
+        FAILED_PRECONDITION when the embedder has no reranker configured.
+        """
 
 def add_EmbedderServiceServicer_to_server(servicer: EmbedderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

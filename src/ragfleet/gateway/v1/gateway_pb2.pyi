@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from ragfleet.common.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -19,6 +20,33 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _AttemptOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AttemptOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AttemptOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ATTEMPT_OUTCOME_UNSPECIFIED: _AttemptOutcome.ValueType  # 0
+    ATTEMPT_OUTCOME_SUCCEEDED: _AttemptOutcome.ValueType  # 1
+    ATTEMPT_OUTCOME_FAILED: _AttemptOutcome.ValueType  # 2
+    """Failed (unavailable, overloaded, too slow, died mid-stream); the chain moved on."""
+    ATTEMPT_OUTCOME_SKIPPED: _AttemptOutcome.ValueType  # 3
+    """Not tried: the model's circuit breaker was open."""
+    ATTEMPT_OUTCOME_REJECTED: _AttemptOutcome.ValueType  # 4
+    """The model refused the request as invalid (INVALID_ARGUMENT, NOT_FOUND); the ask failed."""
+
+class AttemptOutcome(_AttemptOutcome, metaclass=_AttemptOutcomeEnumTypeWrapper): ...
+
+ATTEMPT_OUTCOME_UNSPECIFIED: AttemptOutcome.ValueType  # 0
+ATTEMPT_OUTCOME_SUCCEEDED: AttemptOutcome.ValueType  # 1
+ATTEMPT_OUTCOME_FAILED: AttemptOutcome.ValueType  # 2
+"""Failed (unavailable, overloaded, too slow, died mid-stream); the chain moved on."""
+ATTEMPT_OUTCOME_SKIPPED: AttemptOutcome.ValueType  # 3
+"""Not tried: the model's circuit breaker was open."""
+ATTEMPT_OUTCOME_REJECTED: AttemptOutcome.ValueType  # 4
+"""The model refused the request as invalid (INVALID_ARGUMENT, NOT_FOUND); the ask failed."""
+Global___AttemptOutcome: _TypeAlias = AttemptOutcome  # noqa: Y015
+
 @_typing.final
 class RetrievalOptions(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -27,9 +55,19 @@ class RetrievalOptions(_message.Message):
     MODE_FIELD_NUMBER: _builtins.int
     FUSION_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
+    RERANK_FIELD_NUMBER: _builtins.int
+    RERANK_DEPTH_FIELD_NUMBER: _builtins.int
     top_k: _builtins.int
     """Passages given to the model; unset means the gateway default."""
     mode: _common_pb2.SearchMode.ValueType
+    rerank: _builtins.bool
+    """Rescore the best fused candidates with the embedder's reranker; unset means the gateway
+    default (RAGFLEET_GATEWAY_RERANK).
+    """
+    rerank_depth: _builtins.int
+    """How many fused candidates are rescored before the cut to top_k; unset means the gateway
+    default (RAGFLEET_GATEWAY_RERANK_DEPTH).
+    """
     @_builtins.property
     def fusion(self) -> _common_pb2.Fusion: ...
     @_builtins.property
@@ -41,13 +79,24 @@ class RetrievalOptions(_message.Message):
         mode: _common_pb2.SearchMode.ValueType = ...,
         fusion: _common_pb2.Fusion | None = ...,
         filter: _common_pb2.Filter | None = ...,
+        rerank: _builtins.bool | None = ...,
+        rerank_depth: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_top_k", b"_top_k", "filter", b"filter", "fusion", b"fusion", "top_k", b"top_k"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_rerank", b"_rerank", "_rerank_depth", b"_rerank_depth", "_top_k", b"_top_k", "filter", b"filter", "fusion", b"fusion", "rerank", b"rerank", "rerank_depth", b"rerank_depth", "top_k", b"top_k"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_top_k", b"_top_k", "filter", b"filter", "fusion", b"fusion", "mode", b"mode", "top_k", b"top_k"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_rerank", b"_rerank", "_rerank_depth", b"_rerank_depth", "_top_k", b"_top_k", "filter", b"filter", "fusion", b"fusion", "mode", b"mode", "rerank", b"rerank", "rerank_depth", b"rerank_depth", "top_k", b"top_k"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__rerank: _TypeAlias = _typing.Literal["rerank"]  # noqa: Y015
+    _WhichOneofArgType__rerank: _TypeAlias = _typing.Literal["_rerank", b"_rerank"]  # noqa: Y015
+    _WhichOneofReturnType__rerank_depth: _TypeAlias = _typing.Literal["rerank_depth"]  # noqa: Y015
+    _WhichOneofArgType__rerank_depth: _TypeAlias = _typing.Literal["_rerank_depth", b"_rerank_depth"]  # noqa: Y015
     _WhichOneofReturnType__top_k: _TypeAlias = _typing.Literal["top_k"]  # noqa: Y015
     _WhichOneofArgType__top_k: _TypeAlias = _typing.Literal["_top_k", b"_top_k"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__rerank) -> _WhichOneofReturnType__rerank | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__rerank_depth) -> _WhichOneofReturnType__rerank_depth | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__top_k) -> _WhichOneofReturnType__top_k | None: ...
 
 Global___RetrievalOptions: _TypeAlias = RetrievalOptions  # noqa: Y015
@@ -63,7 +112,9 @@ class AskRequest(_message.Message):
     TEMPERATURE_FIELD_NUMBER: _builtins.int
     question: _builtins.str
     model: _builtins.str
-    """Empty means the generator's default model."""
+    """The first model of the fallback chain to try (NOT_FOUND unless it is configured); empty
+    means the chain's first model.
+    """
     max_tokens: _builtins.int
     temperature: _builtins.float
     @_builtins.property
@@ -186,6 +237,69 @@ class StageTiming(_message.Message):
 Global___StageTiming: _TypeAlias = StageTiming  # noqa: Y015
 
 @_typing.final
+class ModelAttempt(_message.Message):
+    """One try of one model of the fallback chain, in the order tried."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DISCARDED_CHARS_FIELD_NUMBER: _builtins.int
+    MS_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Empty: the generator's default model."""
+    outcome: Global___AttemptOutcome.ValueType
+    reason: _builtins.str
+    """Why it failed or was skipped; empty on success."""
+    discarded_chars: _builtins.int
+    """Characters of text it had streamed before failing (discarded: see Restart)."""
+    ms: _builtins.float
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        outcome: Global___AttemptOutcome.ValueType = ...,
+        reason: _builtins.str = ...,
+        discarded_chars: _builtins.int = ...,
+        ms: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["discarded_chars", b"discarded_chars", "model", b"model", "ms", b"ms", "outcome", b"outcome", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelAttempt: _TypeAlias = ModelAttempt  # noqa: Y015
+
+@_typing.final
+class Restart(_message.Message):
+    """A model failed after streaming tokens: discard every token received so far. The tokens that
+    follow are a new answer from the next model of the chain (none when a retrieval-only answer
+    follows).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Restart: _TypeAlias = Restart  # noqa: Y015
+
+@_typing.final
 class Answer(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -196,10 +310,20 @@ class Answer(_message.Message):
     TIMINGS_FIELD_NUMBER: _builtins.int
     DEGRADED_FIELD_NUMBER: _builtins.int
     DEGRADED_REASONS_FIELD_NUMBER: _builtins.int
+    ANSWERED_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    RESTARTED_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     model: _builtins.str
     degraded: _builtins.bool
     """True when part of the pipeline failed and the answer was produced without it."""
+    answered: _builtins.bool
+    """False when the documents do not answer the question: nothing relevant was retrieved or the
+    model declined (no citations then), or no model answered (a retrieval-only answer, degraded,
+    whose citations are the passages it lists).
+    """
+    restarted: _builtins.bool
+    """True when a model failed mid-stream and a Restart event was sent."""
     @_builtins.property
     def citations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Citation]: ...
     @_builtins.property
@@ -208,6 +332,10 @@ class Answer(_message.Message):
     def timings(self) -> _containers.RepeatedCompositeFieldContainer[Global___StageTiming]: ...
     @_builtins.property
     def degraded_reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelAttempt]:
+        """Every try of every model, in order (empty when no model was asked)."""
+
     def __init__(
         self,
         *,
@@ -218,10 +346,13 @@ class Answer(_message.Message):
         timings: _abc.Iterable[Global___StageTiming] | None = ...,
         degraded: _builtins.bool = ...,
         degraded_reasons: _abc.Iterable[_builtins.str] | None = ...,
+        answered: _builtins.bool = ...,
+        attempts: _abc.Iterable[Global___ModelAttempt] | None = ...,
+        restarted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["citations", b"citations", "degraded", b"degraded", "degraded_reasons", b"degraded_reasons", "model", b"model", "text", b"text", "timings", b"timings", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered", b"answered", "attempts", b"attempts", "citations", b"citations", "degraded", b"degraded", "degraded_reasons", b"degraded_reasons", "model", b"model", "restarted", b"restarted", "text", b"text", "timings", b"timings", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -234,23 +365,27 @@ class AskEvent(_message.Message):
     SOURCES_FIELD_NUMBER: _builtins.int
     TOKEN_FIELD_NUMBER: _builtins.int
     ANSWER_FIELD_NUMBER: _builtins.int
+    RESTART_FIELD_NUMBER: _builtins.int
     token: _builtins.str
     @_builtins.property
     def sources(self) -> Global___Sources: ...
     @_builtins.property
     def answer(self) -> Global___Answer: ...
+    @_builtins.property
+    def restart(self) -> Global___Restart: ...
     def __init__(
         self,
         *,
         sources: Global___Sources | None = ...,
         token: _builtins.str = ...,
         answer: Global___Answer | None = ...,
+        restart: Global___Restart | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "event", b"event", "sources", b"sources", "token", b"token"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "event", b"event", "restart", b"restart", "sources", b"sources", "token", b"token"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "event", b"event", "sources", b"sources", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "event", b"event", "restart", b"restart", "sources", b"sources", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["sources", "token", "answer"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["sources", "token", "answer", "restart"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -369,11 +504,21 @@ Global___Document: _TypeAlias = Document  # noqa: Y015
 
 @_typing.final
 class IngestRequest(_message.Message):
+    """Either inline documents, or a source the gateway reads itself through the ingestion
+    pipeline (Ray Data): a directory or file under one of its allowed roots, a JSONL/BEIR corpus,
+    an http(s) URL or a sitemap URL. Not both.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DOCUMENTS_FIELD_NUMBER: _builtins.int
     TENANT_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    SYNC_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
+    source: _builtins.str
+    sync: _builtins.bool
+    """Only with source: delete documents that vanished from it since the last ingestion."""
     @_builtins.property
     def documents(self) -> _containers.RepeatedCompositeFieldContainer[Global___Document]: ...
     def __init__(
@@ -381,14 +526,40 @@ class IngestRequest(_message.Message):
         *,
         documents: _abc.Iterable[Global___Document] | None = ...,
         tenant: _builtins.str = ...,
+        source: _builtins.str = ...,
+        sync: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["documents", b"documents", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["documents", b"documents", "source", b"source", "sync", b"sync", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___IngestRequest: _TypeAlias = IngestRequest  # noqa: Y015
+
+@_typing.final
+class IngestItem(_message.Message):
+    """A document that was skipped or failed, and why."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IngestItem: _TypeAlias = IngestItem  # noqa: Y015
 
 @_typing.final
 class IngestResponse(_message.Message):
@@ -398,10 +569,30 @@ class IngestResponse(_message.Message):
     CHUNKS_FIELD_NUMBER: _builtins.int
     UNCHANGED_FIELD_NUMBER: _builtins.int
     REPLACED_FIELD_NUMBER: _builtins.int
+    ADDED_FIELD_NUMBER: _builtins.int
+    DELETED_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    CHUNKS_DELETED_FIELD_NUMBER: _builtins.int
+    FAILURES_FIELD_NUMBER: _builtins.int
+    SKIPPED_ITEMS_FIELD_NUMBER: _builtins.int
+    ELAPSED_S_FIELD_NUMBER: _builtins.int
     documents: _builtins.int
     chunks: _builtins.int
+    """Chunks indexed (inline documents) or newly added (source)."""
     unchanged: _builtins.int
     replaced: _builtins.int
+    added: _builtins.int
+    """The fields below are set for source ingestion."""
+    deleted: _builtins.int
+    skipped: _builtins.int
+    failed: _builtins.int
+    chunks_deleted: _builtins.int
+    elapsed_s: _builtins.float
+    @_builtins.property
+    def failures(self) -> _containers.RepeatedCompositeFieldContainer[Global___IngestItem]: ...
+    @_builtins.property
+    def skipped_items(self) -> _containers.RepeatedCompositeFieldContainer[Global___IngestItem]: ...
     def __init__(
         self,
         *,
@@ -409,10 +600,18 @@ class IngestResponse(_message.Message):
         chunks: _builtins.int = ...,
         unchanged: _builtins.int = ...,
         replaced: _builtins.int = ...,
+        added: _builtins.int = ...,
+        deleted: _builtins.int = ...,
+        skipped: _builtins.int = ...,
+        failed: _builtins.int = ...,
+        chunks_deleted: _builtins.int = ...,
+        failures: _abc.Iterable[Global___IngestItem] | None = ...,
+        skipped_items: _abc.Iterable[Global___IngestItem] | None = ...,
+        elapsed_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks", "documents", b"documents", "replaced", b"replaced", "unchanged", b"unchanged"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added", "chunks", b"chunks", "chunks_deleted", b"chunks_deleted", "deleted", b"deleted", "documents", b"documents", "elapsed_s", b"elapsed_s", "failed", b"failed", "failures", b"failures", "replaced", b"replaced", "skipped", b"skipped", "skipped_items", b"skipped_items", "unchanged", b"unchanged"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,192 @@
+"""The local fleet's footprint: `ragfleet up` time to all SERVING, resident memory per service,
+and time to first token and tokens/s of `ask` through the gateway.
+
+Brings a fleet up on free ports under a temporary home (with its own index, so the bundled docs
+are ingested), asks ``--asks`` questions about them, writes a Markdown report, and brings the
+fleet down again. Not a timed test: it prints numbers.
+
+    .venv/bin/python benchmarks/fleet.py --asks 3 --report /tmp/fleet.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ragfleet.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from ragfleet.runtime.clients import insecure_channel
+
+ROOT = Path(__file__).resolve().parents[1]
+RAGFLEET = str(Path(sys.executable).parent / "ragfleet")
+QUESTIONS = [
+    "Which port does the gateway listen on for gRPC?",
+    "Which embedding model does the embedder use?",
+    "How long may in-flight calls finish after SIGTERM?",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_mib(pid: int) -> float:
+    """Resident set size of one process, from /proc."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(r"VmRSS:\s+(\d+) kB", status)
+    return int(match.group(1)) / 1024 if match else 0.0
+
+
+def processes() -> dict[int, str]:
+    """Every process's command line, by pid."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+            except OSError:
+                continue
+            found[int(entry.name)] = cmd
+    return found
+
+
+def descendants(root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, stack = set(), [root]
+    while stack:
+        pid = stack.pop()
+        found.add(pid)
+        stack.extend(children.get(pid, []))
+    return found
+
+
+def memory(home: Path) -> dict[str, float]:
+    run = home / "run"
+    result = {}
+    for name in ("embedder", "retriever", "gateway"):
+        result[name] = rss_mib(int((run / f"{name}.pid").read_text()))
+    ray_tree = descendants(int((run / "ray.pid").read_text()))
+    commands = processes()
+    replicas = [p for p in ray_tree if "ServeReplica:generator" in commands.get(p, "")]
+    result["generator replica"] = sum(rss_mib(p) for p in replicas)
+    result["Ray (head, Serve controller and proxy, idle workers)"] = sum(
+        rss_mib(p) for p in ray_tree if p not in replicas and p in commands
+    )
+    return result
+
+
+async def ask(address: str, question: str) -> dict[str, float]:
+    async with insecure_channel(address) as channel:
+        stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+        start = time.perf_counter()
+        first = None
+        answer = None
+        async for event in stub.Ask(gateway_pb2.AskRequest(question=question), timeout=300):
+            kind = event.WhichOneof("event")
+            if kind == "token" and first is None:
+                first = time.perf_counter() - start
+            if kind == "answer":
+                answer = event.answer
+        total = time.perf_counter() - start
+    assert answer is not None
+    stages = {t.stage: t.ms for t in answer.timings}
+    return {
+        "client_ttft_ms": (first or total) * 1000,
+        "generator_ttft_ms": answer.usage.time_to_first_token_ms,
+        "tokens_per_s": answer.usage.tokens_per_second,
+        "prompt_tokens": answer.usage.prompt_tokens,
+        "completion_tokens": answer.usage.completion_tokens,
+        "retrieval_ms": max(
+            stages.get("lexical", 0), stages.get("embed", 0) + stages.get("dense", 0)
+        )
+        + stages.get("fuse", 0),
+        "total_ms": total * 1000,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--asks", type=int, default=3)
+    parser.add_argument("--report", type=Path, default=None)
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="ragfleet-bench-"))
+    env = {**os.environ, "RAGFLEET_HOME": str(home)}
+    for var in (
+        "GATEWAY_PORT",
+        "GATEWAY_REST_PORT",
+        "EMBEDDER_PORT",
+        "RETRIEVER_PORT",
+        "GENERATOR_PORT",
+        "GENERATOR_HTTP_PORT",
+        "RAY_PORT",
+    ):
+        env[f"RAGFLEET_{var}"] = str(free_port())
+    start = time.perf_counter()
+    up = subprocess.run(
+        [RAGFLEET, "up", "--no-ingest"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    up_s = time.perf_counter() - start
+    try:
+        if up.returncode != 0:
+            sys.exit(f"ragfleet up failed:\n{up.stdout}\n{up.stderr}")
+        start = time.perf_counter()
+        subprocess.run(
+            [RAGFLEET, "ingest", "docs"], cwd=ROOT, env=env, check=True, capture_output=True
+        )
+        ingest_s = time.perf_counter() - start
+        address = f"127.0.0.1:{env['RAGFLEET_GATEWAY_PORT']}"
+        questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(args.asks)]
+        asks = [asyncio.run(ask(address, q)) for q in questions]
+        mem = memory(home)
+    finally:
+        subprocess.run([RAGFLEET, "down"], cwd=ROOT, env=env, capture_output=True, check=False)
+
+    def med(key: str) -> float:
+        return statistics.median(a[key] for a in asks)
+
+    lines = [
+        f"`ragfleet up` to all SERVING: {up_s:.1f} s; ingesting docs/: {ingest_s:.1f} s",
+        "",
+        "| process | resident memory (MiB) |",
+        "|---|---|",
+        *(f"| {name} | {value:.0f} |" for name, value in mem.items()),
+        "",
+        f"`ask` (median of {len(asks)}, default settings: top_k 5, hybrid):",
+        "",
+        "| client time to first token (ms) | generator time to first token (ms) | tokens/s "
+        "| prompt tokens | completion tokens | retrieval (ms) | total (ms) |",
+        "|---|---|---|---|---|---|---|",
+        f"| {med('client_ttft_ms'):.0f} | {med('generator_ttft_ms'):.0f} "
+        f"| {med('tokens_per_s'):.1f} | {med('prompt_tokens'):.0f} "
+        f"| {med('completion_tokens'):.0f} | {med('retrieval_ms'):.0f} | {med('total_ms'):.0f} |",
+    ]
+    report = "\n".join(lines)
+    print(report)
+    if args.report:
+        args.report.write_text(report + "\n")
+
+
+if __name__ == "__main__":
+    main()

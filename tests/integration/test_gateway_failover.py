@@ -1,0 +1,449 @@
+"""Fault injection with real processes: the real gateway (in-process gRPC server on port 0) in
+front of a real embedder and retriever (their own processes, real model, real index on disk)
+and stand-in generators (``generator_standin.py``, real gRPC servers in processes this test
+kills, hangs or makes fail). In every case the client gets an answer or a clear error within
+its deadline, and the answer says which models were tried and what happened to them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ragfleet.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from ragfleet.runtime.clients import insecure_channel
+from ragfleet_gateway.clients import Upstreams
+from ragfleet_gateway.pipeline import RagPipeline
+from ragfleet_gateway.server import build_server
+from ragfleet_gateway.settings import GatewaySettings
+
+pytestmark = pytest.mark.integration
+
+STANDIN = Path(__file__).with_name("generator_standin.py")
+DEADLINE_S = 8.0
+DOCUMENTS = [
+    gateway_pb2.Document(
+        source="docs/operations.md",
+        title="Operations",
+        text="# Operations\n\n## Shutdown\n\nOn SIGTERM each service flips its health to "
+        "NOT_SERVING and drains in-flight calls for the grace period of five seconds.",
+    ),
+    gateway_pb2.Document(
+        source="docs/logs.md",
+        title="Logs",
+        text="# Logs\n\nServices write structured JSON logs to standard error.",
+    ),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_serving(
+    address: str, service: str, proc: subprocess.Popen[bytes], limit_s: float
+) -> None:
+    end = time.monotonic() + limit_s
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < end:
+            assert proc.poll() is None, f"{service} exited with {proc.returncode}"
+            with contextlib.suppress(grpc.RpcError):
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            time.sleep(0.2)
+    raise TimeoutError(f"{service} at {address} was not SERVING within {limit_s} s")
+
+
+def _stop(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGCONT)
+        proc.kill()
+    proc.wait(timeout=10)
+
+
+@dataclass
+class Backends:
+    embedder: subprocess.Popen[bytes]
+    embedder_address: str
+    retriever_address: str
+
+
+@pytest.fixture(scope="module")
+def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backends]:
+    """The real embedder and retriever as processes, on free ports, with a fresh index."""
+    data = tmp_path_factory.mktemp("index")
+    embedder_port, retriever_port = _free_port(), _free_port()
+    env = {
+        **os.environ,
+        "RAGFLEET_EMBEDDER_PORT": str(embedder_port),
+        "RAGFLEET_RETRIEVER_PORT": str(retriever_port),
+        "RAGFLEET_RETRIEVER_DATA_DIR": str(data),
+        "RAGFLEET_EMBEDDER_GRACE_PERIOD_S": "0",
+        "RAGFLEET_RETRIEVER_GRACE_PERIOD_S": "0",
+    }
+    procs = [
+        subprocess.Popen([sys.executable, "-m", module], env=env, stderr=subprocess.DEVNULL)
+        for module in ("ragfleet_embedder", "ragfleet_retriever")
+    ]
+    try:
+        embedder, retriever = procs
+        _wait_serving(
+            f"127.0.0.1:{retriever_port}", "ragfleet.retriever.v1.RetrieverService", retriever, 60
+        )
+        _wait_serving(
+            f"127.0.0.1:{embedder_port}", "ragfleet.embedder.v1.EmbedderService", embedder, 120
+        )
+        yield Backends(embedder, f"127.0.0.1:{embedder_port}", f"127.0.0.1:{retriever_port}")
+    finally:
+        for proc in procs:
+            _stop(proc)
+
+
+@dataclass
+class StandIn:
+    name: str
+    address: str
+    proc: subprocess.Popen[str]
+    calls_file: Path
+
+    def calls(self) -> list[str]:
+        return self.calls_file.read_text().split() if self.calls_file.exists() else []
+
+
+@pytest.fixture
+def standins(tmp_path: Path) -> Iterator[Callable[..., StandIn]]:
+    """``start(name, mode, ...)`` launches a stand-in generator process."""
+    started: dict[str, StandIn] = {}
+
+    def start(name: str, mode: str = "ok", tokens: int = 8, delay_s: float = 0.02) -> StandIn:
+        port = _free_port()
+        calls = tmp_path / f"{name}.calls"
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(STANDIN),
+                "--port",
+                str(port),
+                "--name",
+                name,
+                "--mode",
+                mode,
+                "--tokens",
+                str(tokens),
+                "--token-delay",
+                str(delay_s),
+                "--calls-file",
+                str(calls),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "READY"
+        started[name] = StandIn(name, f"127.0.0.1:{port}", proc, calls)
+        return started[name]
+
+    yield start
+    for standin in started.values():
+        _stop(standin.proc)
+
+
+@contextlib.asynccontextmanager
+async def gateway(
+    backends: Backends, chain: list[StandIn | tuple[str, str]], **overrides: Any
+) -> AsyncIterator[gateway_pb2_grpc.GatewayServiceAsyncStub]:
+    """The gateway with ``chain`` as its fallback chain (stand-ins, or (name, address) pairs)."""
+    links = [
+        {"name": link.name, "address": link.address}
+        if isinstance(link, StandIn)
+        else {"name": link[0], "address": link[1]}
+        for link in chain
+    ]
+    settings = GatewaySettings(
+        port=0,
+        rest_port=0,
+        embedder_address=backends.embedder_address,
+        retriever_address=backends.retriever_address,
+        generator_address=links[0]["address"],
+        models=links,  # type: ignore[arg-type]
+        grace_period_s=0,
+        **{"first_token_timeout_s": 2.0, "generation_retry_base_s": 0.05, **overrides},
+    )
+    upstreams = Upstreams.connect(settings)
+    pipeline = RagPipeline(
+        settings,
+        upstreams.embedder,
+        upstreams.retriever,
+        upstreams.generator,
+        model_generators=upstreams.model_generators,
+    )
+    service = build_server(settings, pipeline)
+    await service.start()
+    await service.mark_ready()
+    try:
+        async with insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            yield gateway_pb2_grpc.GatewayServiceStub(channel)
+    finally:
+        await service.stop(0)
+        await upstreams.close()
+
+
+@pytest.fixture(scope="module")
+async def ingested(backends: Backends) -> None:
+    async with gateway(backends, [("unused", "127.0.0.1:1")]) as stub:
+        reply = await stub.Ingest(gateway_pb2.IngestRequest(documents=DOCUMENTS), timeout=60)
+        assert reply.chunks >= 2
+
+
+async def ask(
+    stub: gateway_pb2_grpc.GatewayServiceAsyncStub, on_token: Any = None, **fields: Any
+) -> tuple[list[gateway_pb2.AskEvent], float]:
+    """Every event of one Ask (calling ``on_token(count)`` after each token), and its time."""
+    start = time.perf_counter()
+    events: list[gateway_pb2.AskEvent] = []
+    request = gateway_pb2.AskRequest(question="What happens on SIGTERM?", **fields)
+    async for event in stub.Ask(request, timeout=DEADLINE_S):
+        events.append(event)
+        if on_token is not None and event.WhichOneof("event") == "token":
+            on_token(sum(e.WhichOneof("event") == "token" for e in events))
+    return events, time.perf_counter() - start
+
+
+def text_after_last_restart(events: list[gateway_pb2.AskEvent]) -> str:
+    kinds = [e.WhichOneof("event") for e in events]
+    start = len(kinds) - kinds[::-1].index("restart") if "restart" in kinds else 0
+    return "".join(e.token for e in events[start:] if e.WhichOneof("event") == "token")
+
+
+def outcomes(answer: gateway_pb2.Answer) -> list[tuple[str, str]]:
+    return [(a.model, gateway_pb2.AttemptOutcome.Name(a.outcome)) for a in answer.attempts]
+
+
+async def test_healthy_primary_answers_alone(
+    backends: Backends, ingested: None, standins: Callable[..., StandIn]
+) -> None:
+    primary, backup = standins("primary"), standins("backup")
+    async with gateway(backends, [primary, backup]) as stub:
+        events, elapsed = await ask(stub)
+    answer = events[-1].answer
+    assert answer.text == "".join(f"primary-{i} " for i in range(8)) + "[1]."
+    assert answer.answered and not answer.restarted and not answer.degraded
+    assert answer.citations[0].source == "docs/operations.md"
+    assert outcomes(answer) == [("primary", "ATTEMPT_OUTCOME_SUCCEEDED")]
+    assert backup.calls() == [] and elapsed < DEADLINE_S
+
+
+async def test_primary_killed_mid_stream_restarts_on_the_backup(
+    backends: Backends, ingested: None, standins: Callable[..., StandIn]
+) -> None:
+    primary = standins("primary", tokens=40, delay_s=0.1)
+    backup = standins("backup")
+
+    def kill_after_three(count: int) -> None:
+        if count == 3:
+            primary.proc.send_signal(signal.SIGKILL)
+
+    async with gateway(backends, [primary, backup]) as stub:
+        events, elapsed = await ask(stub, on_token=kill_after_three)
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds.count("restart") == 1 and kinds[-1] == "answer"
+    restart = events[kinds.index("restart")].restart
+    assert restart.model == "primary" and "UNAVAILABLE" in restart.reason
+    answer = events[-1].answer
+    backup_text = "".join(f"backup-{i} " for i in range(8)) + "[1]."
+    assert answer.text == text_after_last_restart(events) == backup_text
+    assert "primary" not in answer.text, "no text of the failed model survives the restart"
+    assert answer.restarted and answer.model == "backup" and answer.answered
+    assert outcomes(answer) == [
+        ("primary", "ATTEMPT_OUTCOME_FAILED"),
+        ("backup", "ATTEMPT_OUTCOME_SUCCEEDED"),
+    ]
+    assert answer.attempts[0].discarded_chars >= len("primary-0 primary-1 primary-2 ")
+    assert any("answered by fallback model backup" in r for r in answer.degraded_reasons)
+    assert elapsed < DEADLINE_S
+
+
+async def test_hung_primary_gives_way_to_the_backup_within_the_deadline(
+    backends: Backends, ingested: None, standins: Callable[..., StandIn]
+) -> None:
+    primary, backup = standins("primary", mode="hang"), standins("backup")
+    async with gateway(backends, [primary, backup], first_token_timeout_s=1.0) as stub:
+        events, elapsed = await ask(stub)
+    answer = events[-1].answer
+    assert answer.model == "backup" and not answer.restarted
+    assert answer.attempts[0].reason.startswith("timeout: no token within 1.0 s")
+    assert primary.calls() == ["primary"], "a hung model is not retried"
+    assert 1.0 <= elapsed < 1.0 + 2.0 < DEADLINE_S
+
+
+async def test_unavailable_primary_is_retried_then_the_backup_answers(
+    backends: Backends, ingested: None, standins: Callable[..., StandIn]
+) -> None:
+    primary, backup = standins("primary", mode="unavailable"), standins("backup")
+    async with gateway(backends, [primary, backup], generation_retry_attempts=3) as stub:
+        events, elapsed = await ask(stub)
+    answer = events[-1].answer
+    assert primary.calls() == ["primary"] * 3 and backup.calls() == ["backup"]
+    assert outcomes(answer) == [("primary", "ATTEMPT_OUTCOME_FAILED")] * 3 + [
+        ("backup", "ATTEMPT_OUTCOME_SUCCEEDED")
+    ]
+    assert "primary is overloaded" in answer.attempts[0].reason
+    assert answer.model == "backup" and elapsed < DEADLINE_S
+
+
+async def test_invalid_argument_is_reported_without_retry_or_fallback(
+    backends: Backends, ingested: None, standins: Callable[..., StandIn]
+) -> None:
+    primary, backup = standins("primary", mode="invalid"), standins("backup")
+    async with gateway(backends, [primary, backup]) as stub:
+        start = time.perf_counter()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await ask(stub)
+    assert time.perf_counter() - start < DEADLINE_S
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "model 'primary': max_tokens: must be between 0 and 8" in (info.value.details() or "")
+    assert primary.calls() == ["primary"] and backup.calls() == []
+
+
+async def test_every_generator_down_gives_a_retrieval_only_answer(
+    backends: Backends, ingested: None, standins: Callable[..., StandIn]
+) -> None:
+    hung = standins("hung", mode="hang")
+    chain: list[StandIn | tuple[str, str]] = [("dead", f"127.0.0.1:{_free_port()}"), hung]
+    async with gateway(backends, chain, first_token_timeout_s=1.0) as stub:
+        events, elapsed = await ask(stub)
+    assert [e.WhichOneof("event") for e in events] == ["sources", "answer"]
+    answer = events[-1].answer
+    assert answer.degraded and not answer.answered and answer.model == ""
+    assert "SIGTERM" in answer.text and answer.citations
+    assert [o for _, o in outcomes(answer)] == ["ATTEMPT_OUTCOME_FAILED"] * 3
+    assert elapsed < DEADLINE_S
+
+
+async def test_bad_requests_are_rejected_before_anything_streams(
+    backends: Backends, ingested: None, standins: Callable[..., StandIn]
+) -> None:
+    primary = standins("primary")
+    async with gateway(backends, [primary]) as stub:
+        cases: list[tuple[dict[str, Any], grpc.StatusCode, str]] = [
+            ({"model": "gpt-9"}, grpc.StatusCode.NOT_FOUND, "the models are primary"),
+            ({"max_tokens": 5000}, grpc.StatusCode.INVALID_ARGUMENT, "max_tokens"),
+            ({"temperature": 3.0}, grpc.StatusCode.INVALID_ARGUMENT, "temperature"),
+        ]
+        for fields, code, message in cases:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await ask(stub, **fields)
+            assert info.value.code() is code and message in (info.value.details() or "")
+    assert primary.calls() == []
+
+
+@pytest.fixture
+def serve_generator(tmp_path: Path) -> Iterator[str]:
+    """The real generator application (Qwen2.5-Coder-0.5B) on a local Ray Serve; its address."""
+    import ray
+    from ray import serve
+
+    from ragfleet_generator.app import deploy
+    from ragfleet_generator.settings import GeneratorSettings
+
+    settings = GeneratorSettings(
+        port=_free_port(),
+        http_port=_free_port(),
+        num_cpus=0.5,
+        model_cache_dir=tmp_path / "models",
+        log_format="console",
+    )
+    # "local" starts a fresh instance even when a `ray start` cluster runs on this machine.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        deploy(settings)
+        yield f"127.0.0.1:{settings.port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _kill_serve_replica() -> None:
+    """Kills the actor of the generator's model replica (Serve starts a new one later)."""
+    import ray
+
+    replicas = [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["name"].startswith("SERVE_REPLICA::generator#Model-")
+    ]
+    assert len(replicas) == 1, replicas
+    ray.kill(ray.get_actor(replicas[0], namespace="serve"))
+
+
+async def test_real_serve_generator_killed_mid_stream_restarts_on_the_backup(
+    backends: Backends,
+    ingested: None,
+    standins: Callable[..., StandIn],
+    serve_generator: str,
+) -> None:
+    """The real 0.5B model on Ray Serve as the primary; its replica dies after two tokens."""
+    model = "qwen2.5-coder-0.5b-instruct"
+    backup = standins("backup")
+
+    def kill_after_two(count: int) -> None:
+        if count == 2:
+            _kill_serve_replica()
+
+    chain: list[StandIn | tuple[str, str]] = [(model, serve_generator), backup]
+    async with gateway(backends, chain, first_token_timeout_s=45.0) as stub:
+        start = time.perf_counter()
+        events: list[gateway_pb2.AskEvent] = []
+        request = gateway_pb2.AskRequest(question="What happens on SIGTERM?", max_tokens=48)
+        async for event in stub.Ask(request, timeout=90):
+            events.append(event)
+            if event.WhichOneof("event") == "token":
+                kill_after_two(sum(e.WhichOneof("event") == "token" for e in events))
+        elapsed = time.perf_counter() - start
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[:3] == ["sources", "token", "token"] and "restart" in kinds
+    answer = events[-1].answer
+    assert answer.model == "backup" and answer.restarted
+    assert answer.text == text_after_last_restart(events)
+    assert answer.text == "".join(f"backup-{i} " for i in range(8)) + "[1]."
+    assert outcomes(answer) == [
+        (model, "ATTEMPT_OUTCOME_FAILED"),
+        ("backup", "ATTEMPT_OUTCOME_SUCCEEDED"),
+    ]
+    assert answer.attempts[0].discarded_chars > 0
+    assert elapsed < 90
+
+
+async def test_embedder_hung_then_dead_gives_lexical_only_answers(
+    backends: Backends, ingested: None, standins: Callable[..., StandIn]
+) -> None:
+    """Runs last in this module: it leaves the embedder dead."""
+    primary = standins("primary")
+    async with gateway(backends, [primary], retrieval_budget_max_s=1.0) as stub:
+        for stop in (signal.SIGSTOP, signal.SIGKILL):
+            backends.embedder.send_signal(stop)
+            events, elapsed = await ask(stub)
+            answer = events[-1].answer
+            assert answer.degraded and answer.answered and answer.model == "primary"
+            assert any("lexical results only" in r for r in answer.degraded_reasons)
+            sources = events[0].sources.sources
+            assert sources[0].hit.chunk.source == "docs/operations.md"
+            assert all(s.hit.dense_rank == 0 for s in sources)
+            assert elapsed < DEADLINE_S
