@@ -148,7 +148,8 @@ def _chunk_from_proto(c: common_pb2.Chunk) -> Chunk:
     )
 
 
-def _chunk_to_proto(c: Chunk) -> common_pb2.Chunk:
+def chunk_to_proto(c: Chunk) -> common_pb2.Chunk:
+    """The proto of ``c``; an empty vector stays empty (text-only chunks, search results)."""
     return common_pb2.Chunk(
         id=c.id,
         text=c.text,
@@ -201,7 +202,7 @@ class RetrieverClient(_Upstream):
         ]
 
     async def upsert(self, chunks: Sequence[Chunk], deadline: Deadline) -> int:
-        request = retriever_pb2.UpsertRequest(chunks=[_chunk_to_proto(c) for c in chunks])
+        request = retriever_pb2.UpsertRequest(chunks=[chunk_to_proto(c) for c in chunks])
         reply = await self._unary(
             "upsert", deadline, lambda t: self._stub.Upsert(request, timeout=t)
         )

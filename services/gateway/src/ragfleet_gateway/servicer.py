@@ -15,6 +15,7 @@ from ragfleet.fusion import FusionMethod
 from ragfleet.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from ragfleet.runtime.clients import Deadline
 from ragfleet.runtime.errors import InvalidInput
+from ragfleet_gateway.clients import chunk_to_proto
 from ragfleet_gateway.domain import (
     Answer,
     AnswerEvent,
@@ -75,17 +76,8 @@ def retrieval_request(options: gateway_pb2.RetrievalOptions) -> RetrievalRequest
 
 
 def hit_to_proto(hit: Hit) -> common_pb2.ScoredChunk:
-    c = hit.chunk
     return common_pb2.ScoredChunk(
-        chunk=common_pb2.Chunk(
-            id=c.id,
-            text=c.text,
-            source=c.source,
-            title=c.title,
-            section=c.section,
-            tenant=c.tenant,
-            metadata=dict(c.metadata),
-        ),
+        chunk=chunk_to_proto(hit.chunk),
         score=hit.score,
         lexical_rank=hit.lexical_rank,
         dense_rank=hit.dense_rank,
