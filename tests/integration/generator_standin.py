@@ -43,7 +43,7 @@ class StandInGenerator(generator_pb2_grpc.GeneratorServiceServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self._name} is overloaded")
         if self._mode == "invalid":
             await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "max_tokens: must be between 0 and 8"
+                grpc.StatusCode.INVALID_ARGUMENT, "max_tokens: must be between 1 and 8"
             )
         if self._mode == "hang":
             await asyncio.sleep(3600)

@@ -318,7 +318,7 @@ async def test_invalid_argument_is_reported_without_retry_or_fallback(
             await ask(stub)
     assert time.perf_counter() - start < DEADLINE_S
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert "model 'primary': max_tokens: must be between 0 and 8" in (info.value.details() or "")
+    assert "model 'primary': max_tokens: must be between 1 and 8" in (info.value.details() or "")
     assert primary.calls() == ["primary"] and backup.calls() == []
 
 

@@ -111,7 +111,7 @@ async def test_retrieve_lexical_mode(gateway: Gateway) -> None:
             ),
             "dense_weight",
         ),
-        (gateway_pb2.AskRequest(question="q", max_tokens=-5), "max_tokens"),
+        (gateway_pb2.AskRequest(question="q", max_tokens=0), "max_tokens"),
     ],
 )
 async def test_ask_rejects_bad_input(

@@ -281,8 +281,8 @@ async def test_embedder_down_still_answers_and_marks_degraded() -> None:
         (AskRequest("q", retrieval=RetrievalRequest(dense_weight=1.5)), "dense_weight"),
         (AskRequest("q", retrieval=RetrievalRequest(dense_weight=-0.1)), "dense_weight"),
         (AskRequest("q", retrieval=RetrievalRequest(rrf_k=-3)), "rrf_k"),
-        (AskRequest("q", max_tokens=-1), "max_tokens"),
-        (AskRequest("q", max_tokens=5000), "max_tokens must be between 0 and 2048"),
+        (AskRequest("q", max_tokens=0), "max_tokens"),
+        (AskRequest("q", max_tokens=5000), "max_tokens must be between 1 and 2048"),
         (AskRequest("q", temperature=3.0), "temperature"),
     ],
 )

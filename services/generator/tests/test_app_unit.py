@@ -250,7 +250,7 @@ async def test_unknown_model_is_not_found_listing_the_served_ones() -> None:
 
 
 async def test_a_replica_domain_error_keeps_its_code() -> None:
-    cause = InvalidInput("max_tokens: must be between 0 and 1024")
+    cause = InvalidInput("max_tokens: must be between 1 and 1024")
     wrapped = RayTaskError("generate", "traceback", cause).as_instanceof_cause()
     context = RecordingContext()
     with pytest.raises(InvalidInput):

@@ -157,7 +157,7 @@ def test_generate_routes_by_model(generator: generator_pb2_grpc.GeneratorService
 @pytest.mark.parametrize(
     ("fields", "code", "detail"),
     [
-        ({"max_tokens": -1}, grpc.StatusCode.INVALID_ARGUMENT, "max_tokens"),
+        ({"max_tokens": 0}, grpc.StatusCode.INVALID_ARGUMENT, "max_tokens"),
         ({"max_tokens": 100_000}, grpc.StatusCode.INVALID_ARGUMENT, "max_tokens"),
         ({"temperature": 2.5}, grpc.StatusCode.INVALID_ARGUMENT, "temperature"),
         ({"model": "gpt-9"}, grpc.StatusCode.NOT_FOUND, f"available models: {MODEL}, {ECHO}"),

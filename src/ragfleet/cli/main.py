@@ -172,7 +172,7 @@ def ask(
     top_k: Annotated[int | None, typer.Option(help="passages given to the model")] = None,
     mode: Annotated[str, typer.Option(help="hybrid, lexical or dense")] = "hybrid",
     tenant: str = "",
-    max_tokens: int = 0,
+    max_tokens: Annotated[int | None, typer.Option(help="unset: the server default")] = None,
     timeout: Annotated[float, typer.Option(help="seconds")] = 120.0,
 ) -> None:
     """Ask a question: streams the answer, then prints its citations."""

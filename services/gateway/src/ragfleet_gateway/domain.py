@@ -211,7 +211,7 @@ class AskRequest:
     question: str
     retrieval: RetrievalRequest = field(default_factory=RetrievalRequest)
     model: str = ""
-    max_tokens: int = 0
+    max_tokens: int | None = None
     temperature: float | None = None
 
 
@@ -225,7 +225,7 @@ class ChatMessage:
 class GenerationParams:
     model: str
     messages: list[ChatMessage]
-    max_tokens: int
+    max_tokens: int | None
     temperature: float | None
 
 

@@ -390,7 +390,11 @@ class RagPipeline:
         params = GenerationParams(
             model=request.model,
             messages=self._prompt.messages(question, sources),
-            max_tokens=request.max_tokens or self.settings.default_max_tokens,
+            max_tokens=(
+                request.max_tokens
+                if request.max_tokens is not None
+                else self.settings.default_max_tokens or None
+            ),
             temperature=(
                 self.settings.default_temperature
                 if request.temperature is None

@@ -79,7 +79,9 @@ class AskBody(_Body):
         description="the first model of the fallback chain to try (404 unless configured); "
         "empty: the chain's first model",
     )
-    max_tokens: int = Field(default=0, description="0: the default; at most max_tokens_limit")
+    max_tokens: int | None = Field(
+        default=None, description="unset: the default; 1..max_tokens_limit"
+    )
     temperature: float | None = None
     stream: bool = Field(default=False, description="answer as Server-Sent Events")
 

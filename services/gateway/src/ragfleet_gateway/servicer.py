@@ -172,7 +172,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             question=request.question,
             retrieval=retrieval_request(request.retrieval),
             model=request.model,
-            max_tokens=request.max_tokens,
+            max_tokens=request.max_tokens if request.HasField("max_tokens") else None,
             temperature=request.temperature if request.HasField("temperature") else None,
         )
         deadline = deadline_of(context, self._settings.request_timeout_s)

@@ -175,7 +175,7 @@ class GatewaySettings(ServiceSettings):
 
     # --- generation ----------------------------------------------------------------------
     max_tokens_limit: int = Field(
-        default=2048, ge=1, description="largest max_tokens a request may ask for (0 = default)"
+        default=2048, ge=1, description="largest max_tokens a request may ask for"
     )
     default_max_tokens: int = Field(
         default=0, ge=0, description="max_tokens sent when a request leaves it 0 (0 = generator's)"

@@ -7,7 +7,7 @@ Each check raises ``InvalidInput`` whose message names the field and the documen
 - ``retrieval.fusion.dense_weight``: in [0, 1]; ``retrieval.fusion.rrf_k``: >= 1 (0 = default).
 - ``retrieval.rerank_depth``: 1..``max_rerank_depth`` (100), raised to ``top_k``; unset means
   ``rerank_depth`` (20). ``retrieval.rerank`` unset means the ``rerank`` setting (off).
-- ``max_tokens``: 0..``max_tokens_limit`` (2048), 0 means the default.
+- ``max_tokens``: 1..``max_tokens_limit`` (2048); unset means the default.
 - ``temperature``: in [0, 2].
 - ``documents``: 1..``max_ingest_documents`` (256), each with a non-empty ``source`` (unique in
   the request) and ``text``, at most ``max_ingest_bytes`` (20 MiB) of UTF-8 text in all, and a
@@ -95,9 +95,9 @@ def resolve_retrieval(request: RetrievalRequest, settings: GatewaySettings) -> R
 def check_ask(request: AskRequest, settings: GatewaySettings) -> RetrievalOptions:
     """Validates an ask request; returns its resolved retrieval options."""
     check_question(request.question, settings)
-    if not 0 <= request.max_tokens <= settings.max_tokens_limit:
+    if request.max_tokens is not None and not 1 <= request.max_tokens <= settings.max_tokens_limit:
         raise InvalidInput(
-            f"max_tokens must be between 0 and {settings.max_tokens_limit} (0 means the "
+            f"max_tokens must be between 1 and {settings.max_tokens_limit} (unset means the "
             f"default); got {request.max_tokens}"
         )
     t = request.temperature

@@ -61,12 +61,12 @@ class MessageInput:
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """``model`` empty means the default model; ``max_tokens`` 0 means the default limit;
+    """``model`` empty means the default model; ``max_tokens`` None means the default limit;
     ``temperature`` None means ``DEFAULT_TEMPERATURE``."""
 
     messages: Sequence[MessageInput]
     model: str = ""
-    max_tokens: int = 0
+    max_tokens: int | None = None
     temperature: float | None = None
     stop: Sequence[str] = ()
 
@@ -167,11 +167,11 @@ class GeneratorCore:
     def validate_params(self, request: GenerationRequest, model: ServedModel) -> SamplingParams:
         limits = self._limits
         max_limit = self._max_tokens_limit(model)
-        if not 0 <= request.max_tokens <= max_limit:
+        default_max_tokens = min(limits.default_max_tokens, max_limit)
+        if request.max_tokens is not None and not 1 <= request.max_tokens <= max_limit:
             raise InvalidInput(
-                f"max_tokens: must be between 0 and {max_limit} for model {model.name!r} "
-                f"(0 means the default, {min(limits.default_max_tokens, max_limit)}); "
-                f"got {request.max_tokens}"
+                f"max_tokens: must be between 1 and {max_limit} for model {model.name!r} "
+                f"(unset means the default, {default_max_tokens}); got {request.max_tokens}"
             )
         temperature = DEFAULT_TEMPERATURE if request.temperature is None else request.temperature
         if not (math.isfinite(temperature) and 0.0 <= temperature <= MAX_TEMPERATURE):
@@ -185,7 +185,7 @@ class GeneratorCore:
             )
         if any(not s for s in request.stop):
             raise InvalidInput("stop: stop sequences must not be empty")
-        max_tokens = request.max_tokens or min(limits.default_max_tokens, max_limit)
+        max_tokens = default_max_tokens if request.max_tokens is None else request.max_tokens
         return SamplingParams(
             max_tokens=max_tokens, temperature=temperature, stop=tuple(request.stop)
         )

@@ -70,7 +70,7 @@ def to_domain_request(request: generator_pb2.GenerateRequest) -> GenerationReque
     return GenerationRequest(
         messages=[MessageInput(m.role, m.content) for m in request.messages],
         model=request.model,
-        max_tokens=request.max_tokens,
+        max_tokens=request.max_tokens if request.HasField("max_tokens") else None,
         temperature=request.temperature if request.HasField("temperature") else None,
         stop=list(request.stop),
     )

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from ragfleet.common.v1 import common_pb2 as ragfleet_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%ragfleet/generator/v1/generator.proto\x12\x15ragfleet.generator.v1\x1a\x1fragfleet/common/v1/common.proto\"\x9f\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x31\n\x08messages\x18\x02 \x03(\x0b\x32\x1f.ragfleet.common.v1.ChatMessage\x12\x12\n\nmax_tokens\x18\x03 \x01(\x05\x12\x18\n\x0btemperature\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\tB\x0e\n\x0c_temperature\"\x1a\n\nTokenDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"`\n\x0eGenerationDone\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12(\n\x05usage\x18\x03 \x01(\x0b\x32\x19.ragfleet.common.v1.Usage\"\x86\x01\n\x10GenerateResponse\x12\x32\n\x05token\x18\x01 \x01(\x0b\x32!.ragfleet.generator.v1.TokenDeltaH\x00\x12\x35\n\x04\x64one\x18\x02 \x01(\x0b\x32%.ragfleet.generator.v1.GenerationDoneH\x00\x42\x07\n\x05\x65vent\"\x13\n\x11ListModelsRequest\"\\\n\tModelCard\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\x05\x12\x19\n\x11max_output_tokens\x18\x04 \x01(\x05\"]\n\x12ListModelsResponse\x12\x30\n\x06models\x18\x01 \x03(\x0b\x32 .ragfleet.generator.v1.ModelCard\x12\x15\n\rdefault_model\x18\x02 \x01(\t2\xd4\x01\n\x10GeneratorService\x12]\n\x08Generate\x12&.ragfleet.generator.v1.GenerateRequest\x1a\'.ragfleet.generator.v1.GenerateResponse0\x01\x12\x61\n\nListModels\x12(.ragfleet.generator.v1.ListModelsRequest\x1a).ragfleet.generator.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%ragfleet/generator/v1/generator.proto\x12\x15ragfleet.generator.v1\x1a\x1fragfleet/common/v1/common.proto\"\xb3\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x31\n\x08messages\x18\x02 \x03(\x0b\x32\x1f.ragfleet.common.v1.ChatMessage\x12\x17\n\nmax_tokens\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\tB\r\n\x0b_max_tokensB\x0e\n\x0c_temperature\"\x1a\n\nTokenDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"`\n\x0eGenerationDone\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12(\n\x05usage\x18\x03 \x01(\x0b\x32\x19.ragfleet.common.v1.Usage\"\x86\x01\n\x10GenerateResponse\x12\x32\n\x05token\x18\x01 \x01(\x0b\x32!.ragfleet.generator.v1.TokenDeltaH\x00\x12\x35\n\x04\x64one\x18\x02 \x01(\x0b\x32%.ragfleet.generator.v1.GenerationDoneH\x00\x42\x07\n\x05\x65vent\"\x13\n\x11ListModelsRequest\"\\\n\tModelCard\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\x05\x12\x19\n\x11max_output_tokens\x18\x04 \x01(\x05\"]\n\x12ListModelsResponse\x12\x30\n\x06models\x18\x01 \x03(\x0b\x32 .ragfleet.generator.v1.ModelCard\x12\x15\n\rdefault_model\x18\x02 \x01(\t2\xd4\x01\n\x10GeneratorService\x12]\n\x08Generate\x12&.ragfleet.generator.v1.GenerateRequest\x1a\'.ragfleet.generator.v1.GenerateResponse0\x01\x12\x61\n\nListModels\x12(.ragfleet.generator.v1.ListModelsRequest\x1a).ragfleet.generator.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,19 +33,19 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ragfleet.generator.v1.gener
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GENERATEREQUEST']._serialized_start=98
-  _globals['_GENERATEREQUEST']._serialized_end=257
-  _globals['_TOKENDELTA']._serialized_start=259
-  _globals['_TOKENDELTA']._serialized_end=285
-  _globals['_GENERATIONDONE']._serialized_start=287
-  _globals['_GENERATIONDONE']._serialized_end=383
-  _globals['_GENERATERESPONSE']._serialized_start=386
-  _globals['_GENERATERESPONSE']._serialized_end=520
-  _globals['_LISTMODELSREQUEST']._serialized_start=522
-  _globals['_LISTMODELSREQUEST']._serialized_end=541
-  _globals['_MODELCARD']._serialized_start=543
-  _globals['_MODELCARD']._serialized_end=635
-  _globals['_LISTMODELSRESPONSE']._serialized_start=637
-  _globals['_LISTMODELSRESPONSE']._serialized_end=730
-  _globals['_GENERATORSERVICE']._serialized_start=733
-  _globals['_GENERATORSERVICE']._serialized_end=945
+  _globals['_GENERATEREQUEST']._serialized_end=277
+  _globals['_TOKENDELTA']._serialized_start=279
+  _globals['_TOKENDELTA']._serialized_end=305
+  _globals['_GENERATIONDONE']._serialized_start=307
+  _globals['_GENERATIONDONE']._serialized_end=403
+  _globals['_GENERATERESPONSE']._serialized_start=406
+  _globals['_GENERATERESPONSE']._serialized_end=540
+  _globals['_LISTMODELSREQUEST']._serialized_start=542
+  _globals['_LISTMODELSREQUEST']._serialized_end=561
+  _globals['_MODELCARD']._serialized_start=563
+  _globals['_MODELCARD']._serialized_end=655
+  _globals['_LISTMODELSRESPONSE']._serialized_start=657
+  _globals['_LISTMODELSRESPONSE']._serialized_end=750
+  _globals['_GENERATORSERVICE']._serialized_start=753
+  _globals['_GENERATORSERVICE']._serialized_end=965
 # @@protoc_insertion_point(module_scope)
