@@ -35,6 +35,14 @@ class Chunk:
     metadata: Mapping[str, str] = field(default_factory=dict)
     vector: tuple[float, ...] = ()
 
+    @property
+    def lexical_text(self) -> str:
+        """What BM25 reads: the title, the section path and the text. The section path is left
+        out when the text already starts with it (``ragfleet.chunking`` puts it there), so its
+        words are not counted twice."""
+        section = "" if self.text.startswith(self.section) else self.section
+        return "\n".join(part for part in (self.title, section, self.text) if part)
+
 
 @dataclass(frozen=True, slots=True)
 class Filter:

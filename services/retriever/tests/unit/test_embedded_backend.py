@@ -128,3 +128,18 @@ def test_dimension_is_fixed_at_creation(tmp_path: Path) -> None:
     open_backend(tmp_path).close()
     with pytest.raises(FailedPrecondition, match="RAGFLEET_RETRIEVER_DIMENSION=16"):
         EmbeddedBackend.open(tmp_path, dimension=32)
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"text": "body"}, "body"),
+        ({"text": "body", "title": "T", "section": "A > B"}, "T\nA > B\nbody"),
+        # ragfleet.chunking starts a chunk's text with its section path: counted once.
+        ({"text": "A > B\n\nbody", "title": "T", "section": "A > B"}, "T\nA > B\n\nbody"),
+    ],
+)
+def test_bm25_reads_title_section_and_text_once_each(
+    fields: dict[str, str], expected: str
+) -> None:
+    assert Chunk(id="c", **fields).lexical_text == expected  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ import tantivy
 from ragfleet_retriever.domain import Chunk, Filter, ScoredId
 
 # Bump when the schema or analysis changes: an index written with another version is rebuilt.
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: the section path is indexed once (Chunk.lexical_text)
 
 # Metadata pairs are indexed as one raw term "key<US>value"; the ASCII unit separator cannot be
 # confused with ordinary key or value characters.
@@ -56,9 +56,7 @@ class LexicalIndex:
     def _document(self, chunk: Chunk) -> tantivy.Document:
         document = tantivy.Document()
         document.add_text("id", chunk.id)
-        document.add_text(
-            "body", "\n".join(p for p in (chunk.title, chunk.section, chunk.text) if p)
-        )
+        document.add_text("body", chunk.lexical_text)
         document.add_text("tenant", chunk.tenant)
         document.add_text("source", chunk.source)
         for key, value in chunk.metadata.items():
