@@ -35,14 +35,10 @@ from ragfleet.eval.retrieval import EmbedderEncoder, RetrievalEvaluator
 from ragfleet.rerank import Reranker, load_reranker
 from ragfleet.runtime.logging import configure_logging
 from ragfleet.training.cli import lexical_ranker
+from ragfleet.training.reranker import passage_text
 
 RUN_DEPTH = 100
 LATENCY_DEPTHS = (20, 50)
-
-
-def passage(dataset: BeirDataset, doc_id: str) -> str:
-    document = dataset.corpus[doc_id]
-    return f"{document.title}\n{document.text}" if document.title else document.text
 
 
 def subset(dataset: BeirDataset, count: int | None, seed: int) -> BeirDataset:
@@ -72,7 +68,7 @@ def rerank_runs(
     for query_id, ranking in run.items():
         head = list(ranking[:deepest])
         started = time.perf_counter()
-        scores = reranker.score(dataset.queries[query_id], [passage(dataset, d) for d in head])
+        scores = reranker.score(dataset.queries[query_id], [passage_text(dataset, d) for d in head])
         seconds += time.perf_counter() - started
         for depth in depths:
             order = sorted(range(min(depth, len(head))), key=lambda i: -scores[i])
@@ -86,7 +82,7 @@ def latency_ms(
     """p50 and p95 milliseconds of one ``score`` call over ``depth`` passages."""
     times = []
     for query_id in list(run)[:n]:
-        passages = [passage(dataset, d) for d in run[query_id][:depth]]
+        passages = [passage_text(dataset, d) for d in run[query_id][:depth]]
         started = time.perf_counter()
         reranker.score(dataset.queries[query_id], passages)
         times.append((time.perf_counter() - started) * 1000)

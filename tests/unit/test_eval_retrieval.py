@@ -21,7 +21,7 @@ from ragfleet.eval.beir import BeirDataset
 from ragfleet.eval.config import RetrievalConfig, SearchMode
 from ragfleet.eval.metrics import evaluate_run
 from ragfleet.eval.report import markdown_table, write_report
-from ragfleet.eval.retrieval import RetrievalEvaluator
+from ragfleet.eval.retrieval import RetrievalEvaluator, model_cache_key
 from ragfleet.fusion import FusionMethod
 from ragfleet.runtime.errors import InvalidInput
 
@@ -57,6 +57,7 @@ class HashedBagOfWords:
     """A deterministic stand-in for the embedding model: hashed word counts, unit length."""
 
     name = "fake/hashed-words"
+    cache_key = "fake/hashed-words"
     dimension = 32
 
     def __init__(self) -> None:
@@ -209,3 +210,19 @@ def test_report_has_a_table_and_a_chart(dataset: BeirDataset, tmp_path: Path) ->
     assert chart.read_bytes().startswith(b"\x89PNG")
     text = (tmp_path / "out" / "tiny.md").read_text()
     assert "ragfleet eval retrieval" in text and "![chart](tiny.png)" in text
+
+
+def test_a_model_folder_gets_its_own_cache_key_that_changes_when_retrained(
+    tmp_path: Path,
+) -> None:
+    from ragfleet_embedder.settings import EmbedderSettings
+
+    packaged = EmbedderSettings(model_name="base")
+    assert model_cache_key(packaged) == "base"
+    (tmp_path / "model.safetensors").write_bytes(b"first weights")
+    tuned = EmbedderSettings(model_name="base", model_path=tmp_path)
+    key = model_cache_key(tuned)
+    assert key.startswith("base-") and key != "base"
+    assert model_cache_key(tuned) == key
+    (tmp_path / "model.safetensors").write_bytes(b"retrained weights, longer")
+    assert model_cache_key(tuned) != key

@@ -6,14 +6,16 @@ query/passage handling (``EmbedderEncoder``), and indexed in the retriever servi
 ``ragfleet.fusion``, exactly as the gateway fuses them. So a configuration scores here what it
 scores in the fleet.
 
-Built indexes are cached under ``cache_dir/<dataset>-<corpus fingerprint>/<model>/<chunking>``
-(a ``built.json`` marker is written last, so an interrupted build is redone), and each query's
-candidate lists are kept in memory at the deepest depth asked for, so a sweep over fusion
-parameters searches each query once per side.
+Built indexes are cached under
+``cache_dir/<dataset>-<corpus fingerprint>/<model cache key>/<chunking>`` (a ``built.json``
+marker is written last, so an interrupted build is redone), and each query's candidate lists are
+kept in memory at the deepest depth asked for, so a sweep over fusion parameters searches each
+query once per side.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -63,11 +65,32 @@ class TextEncoder(Protocol):
     def name(self) -> str: ...
 
     @property
+    def cache_key(self) -> str:
+        """Names the model's weights in the index cache: two encoders with one key must embed
+        alike."""
+        ...
+
+    @property
     def dimension(self) -> int: ...
 
     def encode_queries(self, texts: Sequence[str]) -> NDArray[np.float32]: ...
 
     def encode_passages(self, texts: Sequence[str]) -> NDArray[np.float32]: ...
+
+
+def model_cache_key(settings: EmbedderSettings) -> str:
+    """The model's name, plus a digest of the folder's path and weight files when
+    ``RAGFLEET_EMBEDDER_MODEL_PATH`` names one: a fine-tuned model keeps its base's name unless
+    told otherwise, and retraining it in place must not reuse the old model's vectors."""
+    path = settings.model_path
+    if path is None:
+        return settings.model_name
+    resolved = path.resolve()
+    digest = hashlib.sha256(str(resolved).encode())
+    for weights in sorted(resolved.glob("*.safetensors")) + sorted(resolved.glob("*.bin")):
+        stat = weights.stat()
+        digest.update(f"{weights.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return f"{settings.model_name}-{digest.hexdigest()[:12]}"
 
 
 class EmbedderEncoder:
@@ -95,6 +118,10 @@ class EmbedderEncoder:
     @property
     def name(self) -> str:
         return self._model.name
+
+    @property
+    def cache_key(self) -> str:
+        return model_cache_key(self.settings)
 
     @property
     def dimension(self) -> int:
@@ -148,7 +175,7 @@ class CorpusIndex:
         folder = (
             cache_dir
             / f"{dataset.name}-{dataset.fingerprint}"
-            / re.sub(r"[^\w.-]+", "_", encoder.name)
+            / re.sub(r"[^\w.-]+", "_", encoder.cache_key)
             / chunking.label
         )
         marker = folder / "built.json"

@@ -132,3 +132,54 @@ def reranker(
         f"saved {out}: {report.groups} groups, {report.pairs} pairs, {report.steps} steps in "
         f"{report.seconds:.0f} s, final loss {report.final_loss:.3f}"
     )
+
+
+@train_app.command("embedder")
+def embedder(
+    dataset: Annotated[Path, typer.Option(help="a BEIR folder (corpus, queries, qrels/)")],
+    out: Annotated[Path, typer.Option(help="folder to save the fine-tuned embedder to")],
+    split: Annotated[str, typer.Option(help="qrels split to train on (never test)")] = "train",
+    epochs: Annotated[int, typer.Option(min=1, max=20)] = 2,
+    batch_size: Annotated[int, typer.Option(help="triplets per step", min=2)] = 32,
+    learning_rate: Annotated[float, typer.Option()] = 2e-5,
+    max_length: Annotated[int, typer.Option(help="tokens per text")] = 256,
+    mine_depth: Annotated[int, typer.Option(help="BM25 depth negatives come from")] = 30,
+    seed: Annotated[int, typer.Option()] = 13,
+    keep_epochs: Annotated[
+        bool, typer.Option(help="also save the model after each epoch to OUT/epoch-N")
+    ] = False,
+    cache_dir: Annotated[
+        Path, typer.Option(help="corpus index cache, shared with 'ragfleet eval retrieval'")
+    ] = DEFAULT_CACHE,
+) -> None:
+    """Fine-tune the all-MiniLM-L6-v2 embedder on a BEIR split's judgments with BM25 hard
+    negatives and in-batch negatives. CPU only. Serve it with RAGFLEET_EMBEDDER_MODEL_PATH
+    (and re-embed what was indexed with the old model)."""
+    from ragfleet.eval.beir import BeirDataset
+    from ragfleet.training.embedder import (
+        EmbedderTrainingConfig,
+        build_triplets,
+        train_embedder,
+    )
+
+    try:
+        config = EmbedderTrainingConfig(
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            max_length=max_length,
+            seed=seed,
+        )
+        data = BeirDataset.load(dataset, split)
+        typer.echo(f"{data.name} {split}: {len(data.queries)} queries, {len(data.corpus)} docs")
+        rank = lexical_ranker(data, cache_dir / f"{data.name}-{data.fingerprint}" / "bm25-only")
+        triplets = build_triplets(data, rank, mine_depth=mine_depth, seed=seed)
+        typer.echo(f"training on {len(triplets)} (query, positive, hard negative) triplets...")
+        report = train_embedder(triplets, out, config=config, keep_epochs=keep_epochs)
+    except RagfleetError as err:
+        typer.secho(f"{type(err).__name__}: {err}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1) from err
+    typer.echo(
+        f"saved {out}: {report.triplets} triplets, {report.steps} steps in "
+        f"{report.seconds:.0f} s, final loss {report.final_loss:.3f}"
+    )

