@@ -71,10 +71,14 @@ class CrossEncoderReranker:
         device: str = "cpu",
         batch_size: int = 32,
         max_length: int | None = None,
+        allow_download: bool = False,
     ) -> CrossEncoderReranker:
-        """Loads the cross-encoder in ``path`` (offline). Blocks for seconds. Raises
-        ``ModelLoadError`` naming how to produce one when the folder is missing or unreadable."""
-        if not (path / "config.json").is_file():
+        """Loads the cross-encoder in the folder ``path``, offline. With ``allow_download``, a
+        ``path`` that does not exist is read as a Hugging Face Hub id (``org/name``) and fetched
+        into the Hugging Face cache. Blocks for seconds (minutes when downloading). Raises
+        ``ModelLoadError`` naming how to produce one when the model is missing or unreadable."""
+        from_hub = allow_download and not path.exists()
+        if not from_hub and not (path / "config.json").is_file():
             raise ModelLoadError(
                 f"no cross-encoder in {path} (config.json missing); train one with "
                 f"'ragfleet train reranker --dataset DIR --out {path}'"
@@ -91,7 +95,7 @@ class CrossEncoderReranker:
         transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         try:
             model = CrossEncoder(
-                str(path), device=device, local_files_only=True, max_length=max_length
+                str(path), device=device, local_files_only=not from_hub, max_length=max_length
             )
         except Exception as exc:
             raise ModelLoadError(

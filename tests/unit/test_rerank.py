@@ -8,6 +8,7 @@ import pytest
 
 from ragfleet.rerank import (
     LLM_SYSTEM_PROMPT,
+    CrossEncoderReranker,
     LlmRelevanceReranker,
     OverlapReranker,
     RerankerKind,
@@ -72,3 +73,31 @@ def test_the_llm_scorer_asks_once_per_passage_and_reads_yes_or_no() -> None:
 def test_the_llm_scorer_validates_its_limit() -> None:
     with pytest.raises(InvalidInput, match="max_passage_chars"):
         LlmRelevanceReranker(lambda s, u: "yes", max_passage_chars=0)
+
+
+def test_a_hub_id_is_fetched_only_when_downloads_are_allowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sentence_transformers
+
+    calls: list[tuple[str, bool]] = []
+
+    class RecordingCrossEncoder:
+        max_length = 64
+
+        def __init__(self, name: str, *, local_files_only: bool, **_: object) -> None:
+            calls.append((name, local_files_only))
+
+    monkeypatch.setattr(sentence_transformers, "CrossEncoder", RecordingCrossEncoder)
+    hub_id = Path("cross-encoder/ms-marco-MiniLM-L6-v2")
+    with pytest.raises(ModelLoadError, match="no cross-encoder in"):
+        CrossEncoderReranker.load(hub_id)
+    assert calls == []
+    CrossEncoderReranker.load(hub_id, allow_download=True)
+    assert calls == [(str(hub_id), False)]
+    # An existing local folder is never read as a hub id, downloads allowed or not.
+    with pytest.raises(ModelLoadError, match="no cross-encoder in"):
+        CrossEncoderReranker.load(tmp_path, allow_download=True)
+    (tmp_path / "config.json").write_text("{}")
+    CrossEncoderReranker.load(tmp_path, allow_download=True)
+    assert calls[-1] == (str(tmp_path), True)

@@ -38,6 +38,7 @@ def main() -> None:
             device=settings.device,
             batch_size=settings.reranker_batch_size,
             max_length=settings.reranker_max_length,
+            allow_download=settings.reranker_allow_download,
         )
     embedder = Embedder(
         settings,

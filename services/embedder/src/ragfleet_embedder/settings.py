@@ -59,7 +59,14 @@ class EmbedderSettings(ServiceSettings):
     reranker_path: Path | None = Field(
         default=None,
         description="a local cross-encoder folder served by Rerank (make one with 'ragfleet "
-        "train reranker'); unset means Rerank answers FAILED_PRECONDITION. Never fetched.",
+        "train reranker'), or a Hugging Face Hub id when reranker_allow_download is on; "
+        "unset means Rerank answers FAILED_PRECONDITION",
+    )
+    reranker_allow_download: bool = Field(
+        default=False,
+        description="read a reranker_path that is not a local folder as a Hugging Face Hub id "
+        "(e.g. cross-encoder/ms-marco-MiniLM-L6-v2) and download it at start-up; off by "
+        "default: nothing is fetched from a hub unless a deployment asks for it",
     )
     reranker_batch_size: int = Field(
         default=32, ge=1, le=1024, description="(query, passage) pairs per cross-encoder call"
