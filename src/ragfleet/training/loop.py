@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
+from ragfleet.runtime.errors import InvalidInput
 from ragfleet.runtime.logging import get_logger
 
 if TYPE_CHECKING:
@@ -17,6 +18,13 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 Batch = TypeVar("Batch")
+
+
+def require_in_range(config: object, checks: dict[str, bool]) -> None:
+    """Raises ``InvalidInput`` naming every field of ``config`` whose check is false."""
+    bad = [name for name, ok in checks.items() if not ok]
+    if bad:
+        raise InvalidInput(f"{', '.join(bad)}: out of range in {config!r}")
 
 
 @dataclass(frozen=True, slots=True)

