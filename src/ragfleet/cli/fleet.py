@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +58,14 @@ class FleetSettings(BaseSettings):
         return self.address(self.ray_port)
 
 
+class ServiceExited(RuntimeError):
+    """A process of the fleet ended while the fleet was starting."""
+
+    def __init__(self, name: str, log: Path, tail: str) -> None:
+        super().__init__(f"{name} exited during start-up; last lines of {log}:\n{tail}")
+        self.name = name
+
+
 @dataclass(frozen=True)
 class ServiceProcess:
     """A service the CLI runs as a background process, and where its health is answered."""
@@ -65,9 +76,34 @@ class ServiceProcess:
     env: Mapping[str, str]
 
 
-# The local Ray head listens on loopback only and requires Ray's token authentication; drivers
-# that connect to it (the generator deployer) find the token in ~/.ray/auth_token.
-RAY_ENV = {"RAY_AUTH_MODE": "token"}
+# Ray puts Unix sockets at <temp dir>/session_<date>_<time>_<us>_<pid>/sockets/plasma_store
+# (69 characters after the temp dir) and refuses paths over 107 bytes.
+_RAY_SOCKET_SUFFIX = 69
+_UNIX_SOCKET_MAX = 107
+
+
+def ray_temp_dir(ray_dir: Path) -> Path:
+    """Ray's temporary folder for the fleet: ``ray_dir/tmp`` when its socket paths fit the
+    Unix limit, else a short folder in the system temp dir named after ``ray_dir``."""
+    inside = ray_dir / "tmp"
+    if len(str(inside).encode()) + _RAY_SOCKET_SUFFIX <= _UNIX_SOCKET_MAX:
+        return inside
+    digest = hashlib.sha256(str(ray_dir).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"ragfleet-ray-{digest}"
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs. An exited child not yet reaped (a zombie: ``ragfleet up`` is the
+    parent of what it spawned) still answers kill(pid, 0), so /proc says which it is."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def _bin(name: str) -> str:
@@ -81,6 +117,31 @@ class Fleet:
         self.home = settings.home.resolve()
         self.run_dir = self.home / "run"
         self.log_dir = self.home / "logs"
+        self.ray_dir = self.home / "ray"
+
+    # --- Ray -----------------------------------------------------------------------------
+    @property
+    def ray_token_path(self) -> Path:
+        return self.ray_dir / "auth_token"
+
+    def ray_env(self) -> dict[str, str]:
+        """The environment of every process that starts or joins the fleet's Ray: token
+        authentication with the fleet's own token file (never ``~/.ray``), no usage stats."""
+        return {
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(self.ray_token_path),
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
+
+    def ensure_ray_token(self) -> Path:
+        """Creates the fleet's Ray token (owner-only) unless it exists; returns its path."""
+        path = self.ray_token_path
+        if not path.exists():
+            self.ray_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as token:
+                token.write(secrets.token_hex(32))
+        return path
 
     # --- what runs -----------------------------------------------------------------------
     def services(self) -> list[ServiceProcess]:
@@ -120,6 +181,12 @@ class Fleet:
                     "RAGFLEET_GATEWAY_EMBEDDER_ADDRESS": s.address(s.embedder_port),
                     "RAGFLEET_GATEWAY_RETRIEVER_ADDRESS": s.address(s.retriever_port),
                     "RAGFLEET_GATEWAY_GENERATOR_ADDRESS": s.address(s.generator_port),
+                    # Ingest jobs run on the fleet's Ray, never a second one in the gateway.
+                    "RAGFLEET_GATEWAY_INGEST_RAY_ADDRESS": s.ray_address,
+                    "RAGFLEET_GATEWAY_INGEST_MANIFEST_PATH": str(
+                        self.home / "ingest" / "manifest.sqlite"
+                    ),
+                    **self.ray_env(),
                 },
             ),
         ]
@@ -127,7 +194,7 @@ class Fleet:
     def generator_env(self) -> dict[str, str]:
         s = self.settings
         return {
-            **RAY_ENV,
+            **self.ray_env(),
             "RAGFLEET_GENERATOR_RAY_ADDRESS": s.ray_address,
             "RAGFLEET_GENERATOR_HOST": s.host,
             "RAGFLEET_GENERATOR_PORT": str(s.generator_port),
@@ -153,11 +220,7 @@ class Fleet:
             pid = int(self._pid_file(name).read_text())
         except (FileNotFoundError, ValueError):
             return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        return pid
+        return pid if _alive(pid) else None
 
     def spawn(self, name: str, argv: list[str], env: Mapping[str, str]) -> int:
         """Starts ``argv`` in its own session (so ``down`` can stop it and its children), with
@@ -178,8 +241,11 @@ class Fleet:
         self._pid_file(name).write_text(str(proc.pid))
         return proc.pid
 
-    def start_ray(self) -> None:
+    def start_ray(self) -> int:
+        """Starts the local Ray head on loopback, with its token and temporary files under
+        ``home/ray``; returns the pid of ``ray start --block``."""
         s = self.settings
+        self.ensure_ray_token()
         argv = [
             _bin("ray"),
             "start",
@@ -187,50 +253,71 @@ class Fleet:
             "--block",
             f"--port={s.ray_port}",
             f"--node-ip-address={s.host}",
+            f"--temp-dir={ray_temp_dir(self.ray_dir)}",
             "--include-dashboard=false",
             "--disable-usage-stats",
         ]
         if s.ray_num_cpus:
             argv.append(f"--num-cpus={s.ray_num_cpus}")
-        self.spawn("ray", argv, {**RAY_ENV, "RAY_USAGE_STATS_ENABLED": "0"})
+        return self.spawn("ray", argv, self.ray_env())
 
-    def deploy_generator(self, timeout_s: float) -> None:
-        """Deploys the generator application onto the local Ray cluster and waits for it."""
+    def deploy_generator(self, timeout_s: float, watch: Sequence[str] = ()) -> None:
+        """Deploys the generator application onto the local Ray cluster and waits for it.
+        Meanwhile the processes named in ``watch`` must stay alive: when one exits, the deploy
+        is stopped and ``ServiceExited`` raised at once rather than after the timeout."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_dir / "generator.log", "ab") as log:
-            result = subprocess.run(
+            deployer = subprocess.Popen(
                 [sys.executable, "-m", "ragfleet_generator"],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, **self.generator_env()},
-                timeout=timeout_s,
-                check=False,
             )
-        if result.returncode != 0:
+        deadline = time.monotonic() + timeout_s
+        try:
+            while (returncode := deployer.poll()) is None:
+                self.check_alive(watch)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"the generator was not deployed within {timeout_s:.0f} s:\n"
+                        + self.log_tail("generator")
+                    )
+                time.sleep(0.5)
+        finally:
+            if deployer.poll() is None:
+                deployer.kill()
+                deployer.wait()
+        if returncode != 0:
             raise RuntimeError(
-                f"the generator failed to deploy (exit {result.returncode}):\n"
+                f"the generator failed to deploy (exit {returncode}):\n"
                 + self.log_tail("generator")
             )
 
-    def stop(self, name: str, grace_s: float = 15.0) -> bool:
-        """SIGTERM to the process group, SIGKILL after ``grace_s``. True if it was running."""
-        pid = self.running_pid(name)
-        self._pid_file(name).unlink(missing_ok=True)
-        if pid is None:
-            return False
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
+    def check_alive(self, names: Sequence[str]) -> None:
+        """Raises ``ServiceExited`` for the first of ``names`` whose process is gone."""
+        for name in names:
+            if self.running_pid(name) is None:
+                raise ServiceExited(name, self.log_dir / f"{name}.log", self.log_tail(name, 15))
+
+    def stop(self, names: Sequence[str], grace_s: float = 15.0) -> list[str]:
+        """SIGTERM to each one's process group at once, SIGKILL to those still there after
+        ``grace_s``. Returns the names that were running."""
+        running: dict[str, int] = {}
+        for name in names:
+            pid = self.running_pid(name)
+            self._pid_file(name).unlink(missing_ok=True)
+            if pid is not None:
+                running[name] = pid
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.2)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-        return True
+        while time.monotonic() < deadline and any(_alive(p) for p in running.values()):
+            time.sleep(0.1)
+        for pid in running.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        return list(running)
 
     def log_tail(self, name: str, lines: int = 30) -> str:
         path = self.log_dir / f"{name}.log"
@@ -250,10 +337,15 @@ async def health_status(address: str, timeout_s: float = 2.0) -> str:
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
 
-async def wait_serving(targets: Mapping[str, str], timeout_s: float) -> dict[str, str]:
-    """Polls until every target reports SERVING or the timeout passes; returns the last status."""
+async def wait_serving(
+    targets: Mapping[str, str], timeout_s: float, check: Callable[[], None] | None = None
+) -> dict[str, str]:
+    """Polls until every target reports SERVING or the timeout passes; returns the last status.
+    ``check`` runs before each poll and may raise to stop waiting (a process that exited)."""
     deadline = time.monotonic() + timeout_s
     while True:
+        if check is not None:
+            check()
         statuses = dict(
             zip(
                 targets,

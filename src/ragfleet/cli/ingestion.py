@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ragfleet.cli.fleet import RAY_ENV, Fleet, FleetSettings
+from ragfleet.cli.fleet import Fleet, FleetSettings
 
 if TYPE_CHECKING:
     from ragfleet.ingest import IngestSummary
@@ -43,10 +43,11 @@ def ray_address(settings: FleetSettings, given: str) -> str:
     address = given or os.environ.get("RAGFLEET_RAY_ADDRESS", "")
     if address:
         return address
-    if Fleet(settings).running_pid("ray") is not None:
+    fleet = Fleet(settings)
+    if fleet.running_pid("ray") is not None:
         # The CLI is a client process of the fleet, not serving code: joining the fleet's
-        # token-authenticated head needs the mode in this process's environment.
-        for key, value in RAY_ENV.items():
+        # token-authenticated head needs its token in this process's environment.
+        for key, value in fleet.ray_env().items():
             os.environ.setdefault(key, value)
         return settings.ray_address
     return "local"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -12,7 +14,13 @@ import grpc
 import typer
 
 from ragfleet.cli import ingestion
-from ragfleet.cli.fleet import Fleet, FleetSettings, health_status, wait_serving
+from ragfleet.cli.fleet import (
+    Fleet,
+    FleetSettings,
+    ServiceExited,
+    health_status,
+    wait_serving,
+)
 from ragfleet.common.v1 import common_pb2
 from ragfleet.eval.cli import eval_app
 from ragfleet.gateway.v1 import gateway_pb2, gateway_pb2_grpc
@@ -48,50 +56,114 @@ def _rpc_error(err: grpc.aio.AioRpcError) -> typer.Exit:
     return _fail(f"{err.code().name}: {err.details()}", code=2)
 
 
+class _StartupFailed(Exception):
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
 @app.command()
 def up(
     corpus: Annotated[Path, typer.Option(help="ingested when the index is empty")] = Path("docs"),
     ingest_corpus: Annotated[bool, typer.Option("--ingest/--no-ingest")] = True,
 ) -> None:
     """Start local Ray and the four services, wait until all are SERVING, ingest the corpus
-    when the index is empty, and print the addresses."""
+    when the index is empty, and print the addresses. When a step fails, everything this run
+    started is stopped again and the step, its log and the fix are printed."""
     settings = FleetSettings()
     fleet = Fleet(settings)
-    started = time.monotonic()
-    fleet.start_ray()
-    for service in fleet.services():
-        fleet.spawn(service.name, [sys.executable, "-m", service.module], service.env)
-    typer.echo("starting Ray and the services...")
+    begun = time.monotonic()
+    started: list[str] = []
+    step = ""
+
+    def start(name: str, launch: Callable[[], object]) -> None:
+        if fleet.running_pid(name) is None:
+            started.append(name)
+        launch()
+
     try:
-        fleet.deploy_generator(timeout_s=settings.startup_timeout_s)
-    except (RuntimeError, TimeoutError) as err:
-        raise _fail(str(err)) from err
-    statuses = asyncio.run(wait_serving(fleet.health_targets(), settings.startup_timeout_s))
-    not_ready = [name for name, status in statuses.items() if status != "SERVING"]
-    if not_ready:
-        for name in not_ready:
-            typer.echo(f"--- {name}: {statuses[name]}; last log lines:\n{fleet.log_tail(name)}")
-        raise _fail(f"not SERVING after {settings.startup_timeout_s:.0f}s: {', '.join(not_ready)}")
-    typer.echo(f"all services SERVING after {time.monotonic() - started:.1f}s")
-    if ingest_corpus and asyncio.run(_index_is_empty(settings)):
-        if not corpus.exists():
-            raise _fail(f"the index is empty and the corpus {corpus} does not exist")
-        summary = _run_ingest(settings, ingestion.IngestOptions(str(corpus), progress=False))
-        typer.echo(summary.describe())
-        if not summary.ok:
-            raise _fail(f"{summary.failed} documents of {corpus} failed to ingest")
+        step = "starting Ray"
+        typer.echo(
+            f"starting Ray on {settings.ray_address} and the services (logs: {fleet.log_dir})"
+        )
+        start("ray", fleet.start_ray)
+        for service in fleet.services():
+            argv = [sys.executable, "-m", service.module]
+            start(service.name, partial(fleet.spawn, service.name, argv, service.env))
+        step = "deploying the generator on Ray Serve"
+        typer.echo("deploying the generator on Ray Serve (loads the model)...")
+        processes = ["ray", *(service.name for service in fleet.services())]
+        try:
+            fleet.deploy_generator(settings.startup_timeout_s, watch=processes)
+        except ServiceExited as err:
+            raise _StartupFailed(
+                str(err), f"fix what {err.name}'s log says (a setting, a taken port), then retry"
+            ) from err
+        except (RuntimeError, TimeoutError) as err:
+            raise _StartupFailed(
+                str(err), f"see {fleet.log_dir / 'generator.log'} and {fleet.log_dir / 'ray.log'}"
+            ) from err
+        step = "waiting for every service to be SERVING"
+        try:
+            statuses = asyncio.run(
+                wait_serving(
+                    fleet.health_targets(),
+                    settings.startup_timeout_s,
+                    partial(fleet.check_alive, processes),
+                )
+            )
+        except ServiceExited as err:
+            raise _StartupFailed(
+                str(err), f"fix what {err.name}'s log says (a setting, a taken port), then retry"
+            ) from err
+        not_ready = [name for name, status in statuses.items() if status != "SERVING"]
+        if not_ready:
+            tails = "\n".join(
+                f"--- {name}: {statuses[name]}; last lines of {fleet.log_dir / (name + '.log')}:"
+                f"\n{fleet.log_tail(name, lines=10)}"
+                for name in not_ready
+            )
+            raise _StartupFailed(
+                f"not SERVING after {settings.startup_timeout_s:.0f} s: {', '.join(not_ready)}\n"
+                + tails,
+                "a port may be taken (set RAGFLEET_<SERVICE>_PORT) or a model failed to load",
+            )
+        typer.echo(f"all services SERVING after {time.monotonic() - begun:.1f}s")
+        if ingest_corpus and asyncio.run(_index_is_empty(settings)):
+            step = f"ingesting {corpus}"
+            if not corpus.exists():
+                raise _StartupFailed(
+                    f"the index is empty and the corpus {corpus} does not exist",
+                    "pass --corpus DIR, or --no-ingest to start with an empty index",
+                )
+            typer.echo(f"ingesting {corpus} into the empty index...")
+            summary = _run_ingest(settings, ingestion.IngestOptions(str(corpus), progress=False))
+            typer.echo(summary.describe())
+            if not summary.ok:
+                raise _StartupFailed(
+                    f"{summary.failed} documents of {corpus} failed to ingest",
+                    f"see {fleet.log_dir}",
+                )
+    except (_StartupFailed, typer.Exit, KeyboardInterrupt) as err:
+        typer.secho(f"ragfleet up failed while {step}", err=True, fg=typer.colors.RED)
+        if isinstance(err, _StartupFailed):
+            typer.secho(f"{err}\nfix: {err.hint}", err=True, fg=typer.colors.RED)
+        if stopped := fleet.stop(started):
+            typer.secho(f"stopped what this run started: {', '.join(stopped)}", err=True)
+        raise typer.Exit(1) from None
     for name, address in fleet.health_targets().items():
         typer.echo(f"{name:<10} grpc://{address}")
     typer.echo(f"{'rest':<10} http://{settings.host}:{settings.gateway_rest_port}/docs")
+    typer.echo(f"{'logs':<10} {fleet.log_dir}")
 
 
 @app.command()
 def down() -> None:
     """Stop the services and local Ray (SIGTERM, then SIGKILL after a grace period)."""
     fleet = Fleet(FleetSettings())
-    for name in ("gateway", "embedder", "retriever", "ray"):
-        if fleet.stop(name):
-            typer.echo(f"stopped {name}")
+    # The gateway first, so the calls it drains can still reach the services behind it.
+    for name in [*fleet.stop(["gateway"]), *fleet.stop(["embedder", "retriever", "ray"])]:
+        typer.echo(f"stopped {name}")
 
 
 @app.command()
@@ -107,6 +179,7 @@ def status() -> None:
     statuses = asyncio.run(check())
     for name, address in fleet.health_targets().items():
         typer.echo(f"{name:<10} {address:<22} {statuses[name]}")
+    typer.echo(f"logs: {fleet.log_dir}")
     if any(s != "SERVING" for s in statuses.values()):
         raise typer.Exit(1)
 
