@@ -1,11 +1,13 @@
-"""The local fleet's footprint: `ragfleet up` time to all SERVING, resident memory per service,
-and time to first token and tokens/s of `ask` through the gateway.
+"""The local fleet's footprint and its answers: `ragfleet up` time to all SERVING, resident
+memory per service, and for each question of ``tests/e2e/docs_questions.json`` the answer, whether
+it is right (facts stated and supported by a cited passage; declined when the docs cannot
+answer), time to first token and total time through the gateway.
 
 Brings a fleet up on free ports under a temporary home (with its own index, so the bundled docs
-are ingested), asks ``--asks`` questions about them, writes a Markdown report, and brings the
-fleet down again. Not a timed test: it prints numbers.
+are ingested), asks every question, writes a Markdown report, and brings the fleet down again.
+Not a timed test: it prints numbers.
 
-    .venv/bin/python benchmarks/fleet.py --asks 3 --report /tmp/fleet.md
+    .venv/bin/python benchmarks/fleet.py --report /tmp/fleet.md
 """
 
 from __future__ import annotations
@@ -27,11 +29,9 @@ from ragfleet.runtime.clients import insecure_channel
 
 ROOT = Path(__file__).resolve().parents[1]
 RAGFLEET = str(Path(sys.executable).parent / "ragfleet")
-QUESTIONS = [
-    "Which port does the gateway listen on for gRPC?",
-    "Which embedding model does the embedder use?",
-    "How long may in-flight calls finish after SIGTERM?",
-]
+sys.path.insert(0, str(ROOT))
+
+from tests.e2e.docs_questions import DocsQuestion, load  # noqa: E402
 
 
 def free_port() -> int:
@@ -92,22 +92,32 @@ def memory(home: Path) -> dict[str, float]:
     return result
 
 
-async def ask(address: str, question: str) -> dict[str, float]:
+async def ask(address: str, question: DocsQuestion) -> dict[str, float | str]:
     async with insecure_channel(address) as channel:
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         start = time.perf_counter()
         first = None
         answer = None
-        async for event in stub.Ask(gateway_pb2.AskRequest(question=question), timeout=300):
+        passages: dict[str, str] = {}
+        request = gateway_pb2.AskRequest(question=question.question)
+        async for event in stub.Ask(request, timeout=300):
             kind = event.WhichOneof("event")
+            if kind == "sources":
+                passages = {s.hit.chunk.id: s.hit.chunk.text for s in event.sources.sources}
             if kind == "token" and first is None:
                 first = time.perf_counter() - start
             if kind == "answer":
                 answer = event.answer
         total = time.perf_counter() - start
     assert answer is not None
+    cited = [passages[c.chunk_id] for c in answer.citations]
+    problems = question.problems(answer.text, answer.answered, cited)
     stages = {t.stage: t.ms for t in answer.timings}
     return {
+        "question": question.question,
+        "answer": " ".join(answer.text.split()),
+        "verdict": "; ".join(problems) or "right",
+        "answerable": "yes" if question.answerable else "no",
         "client_ttft_ms": (first or total) * 1000,
         "generator_ttft_ms": answer.usage.time_to_first_token_ms,
         "tokens_per_s": answer.usage.tokens_per_second,
@@ -123,7 +133,6 @@ async def ask(address: str, question: str) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--asks", type=int, default=3)
     parser.add_argument("--report", type=Path, default=None)
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="ragfleet-bench-"))
@@ -157,14 +166,19 @@ def main() -> None:
         )
         ingest_s = time.perf_counter() - start
         address = f"127.0.0.1:{env['RAGFLEET_GATEWAY_PORT']}"
-        questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(args.asks)]
-        asks = [asyncio.run(ask(address, q)) for q in questions]
+        asks = [asyncio.run(ask(address, q)) for q in load()]
         mem = memory(home)
     finally:
         subprocess.run([RAGFLEET, "down"], cwd=ROOT, env=env, capture_output=True, check=False)
 
+    generated = [a for a in asks if a["completion_tokens"]]
+
     def med(key: str) -> float:
-        return statistics.median(a[key] for a in asks)
+        return statistics.median(float(a[key]) for a in generated)
+
+    def rate(answerable: str) -> str:
+        group = [a for a in asks if a["answerable"] == answerable]
+        return f"{sum(a['verdict'] == 'right' for a in group)}/{len(group)}"
 
     lines = [
         f"`ragfleet up` to all SERVING: {up_s:.1f} s; ingesting docs/: {ingest_s:.1f} s",
@@ -173,7 +187,17 @@ def main() -> None:
         "|---|---|",
         *(f"| {name} | {value:.0f} |" for name, value in mem.items()),
         "",
-        f"`ask` (median of {len(asks)}, default settings: top_k 5, hybrid):",
+        f"Answers: right {rate('yes')} answerable, declined {rate('no')} unanswerable.",
+        "",
+        "| question | answer | verdict | time to first token (s) | total (s) |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {a['question']} | {str(a['answer'])[:160]} | {a['verdict']} "
+            f"| {float(a['client_ttft_ms']) / 1000:.1f} | {float(a['total_ms']) / 1000:.1f} |"
+            for a in asks
+        ),
+        "",
+        f"Medians over the {len(generated)} answers a model generated (default settings):",
         "",
         "| client time to first token (ms) | generator time to first token (ms) | tokens/s "
         "| prompt tokens | completion tokens | retrieval (ms) | total (ms) |",

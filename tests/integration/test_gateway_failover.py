@@ -245,7 +245,9 @@ async def test_healthy_primary_answers_alone(
     answer = events[-1].answer
     assert answer.text == "".join(f"primary-{i} " for i in range(8)) + "[1]."
     assert answer.answered and not answer.restarted and not answer.degraded
-    assert answer.citations[0].source == "docs/operations.md"
+    # The stand-in's words are in no passage, so its [1] is not a supported citation
+    # (attribute_citations); citations are checked on real answers in tests/e2e.
+    assert answer.citations == []
     assert outcomes(answer) == [("primary", "ATTEMPT_OUTCOME_SUCCEEDED")]
     assert backup.calls() == [] and elapsed < DEADLINE_S
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,17 @@ from ragfleet_gateway.server import build_rest_server, build_server
 from ragfleet_gateway.settings import GatewaySettings
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_relevance_threshold() -> Iterator[None]:
+    """The fake embedder's hashed vectors are not on MiniLM's cosine scale, so these tests run
+    without the relevance threshold unless they set one (``min_dense_score``)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAGFLEET_GATEWAY_MIN_DENSE_SCORE", "-1")
+        yield
+
+
 _MODES = {
     common_pb2.SEARCH_MODE_LEXICAL: SearchMode.LEXICAL,
     common_pb2.SEARCH_MODE_DENSE: SearchMode.DENSE,

@@ -107,16 +107,24 @@ async def test_a_declining_model_answers_false_without_citations(reply: str) -> 
     assert not a.answered and a.citations == [] and not a.degraded
 
 
-async def test_passages_below_the_score_threshold_are_not_sent_to_the_model() -> None:
+@pytest.mark.parametrize(
+    ("mode", "asked"), [("hybrid", False), ("dense", False), ("lexical", True)]
+)
+async def test_a_dense_score_below_the_threshold_declines_without_asking_the_model(
+    mode: str, asked: bool
+) -> None:
     generator = FakeGenerator()
-    pipeline = await pipeline_with({"m": generator}, min_source_score=99.0)
-    events = await collect(
-        pipeline, AskRequest("SIGTERM?", retrieval=RetrievalRequest(mode="lexical"))
-    )
+    pipeline = await pipeline_with({"m": generator}, min_dense_score=1.01)
+    events = await collect(pipeline, AskRequest("SIGTERM?", retrieval=RetrievalRequest(mode=mode)))
     assert isinstance(events[0], SourcesEvent) and events[0].sources
-    assert [e.text for e in events if isinstance(e, TokenEvent)] == ["The documents do not say."]
     a = answer_of(events).answer
-    assert not a.answered and a.citations == [] and generator.requests == []
+    # Lexical search alone has no absolute score to judge by: the model is asked.
+    assert bool(generator.requests) is asked and a.answered is asked
+    if not asked:
+        assert [e.text for e in events if isinstance(e, TokenEvent)] == [
+            "The documents do not say."
+        ]
+        assert a.citations == []
 
 
 async def test_retrieval_gets_a_capped_share_of_the_deadline() -> None:

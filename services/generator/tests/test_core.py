@@ -146,3 +146,14 @@ async def test_an_abandoned_stream_releases_the_model() -> None:
     assert isinstance(first[0], TokenDelta)
     assert not core.resolve_model("tiny").lock.locked()
     assert len(await collect(core, GenerationRequest(messages=[USER]))) == 7
+
+
+async def test_a_looping_generation_is_cut_with_finish_reason_repetition() -> None:
+    # The fake engine echoes the question: a question that is one phrase over and over loops.
+    looping = MessageInput("user", " ".join(f"[{i}]" for i in range(1, 40)))
+    request = GenerationRequest(messages=[looping], max_tokens=64)
+    events = await collect(make_core(), request)
+    deltas = [e for e in events if isinstance(e, TokenDelta)]
+    done = events[-1]
+    assert isinstance(done, GenerationDone) and done.finish_reason is FinishReason.REPETITION
+    assert 10 <= len(deltas) < 20 and done.usage.completion_tokens == len(deltas)

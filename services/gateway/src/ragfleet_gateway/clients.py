@@ -261,6 +261,7 @@ class GeneratorClient(_Upstream):
                 common_pb2.ChatMessage(role=m.role, content=m.content) for m in params.messages
             ],
             max_tokens=params.max_tokens,
+            stop=params.stop,
         )
         if params.temperature is not None:
             request.temperature = params.temperature

@@ -100,9 +100,14 @@ class StageTiming:
 
 @dataclass(frozen=True)
 class RetrievalResult:
+    """``best_dense_score`` is the dense search's highest cosine similarity (None when no dense
+    search ran): an absolute measure of whether anything relevant was found, which fused and
+    BM25 scores are not."""
+
     hits: list[Hit]
     timings: list[StageTiming]
     degraded_reasons: list[str] = field(default_factory=list)
+    best_dense_score: float | None = None
 
     @property
     def degraded(self) -> bool:
@@ -227,6 +232,7 @@ class GenerationParams:
     messages: list[ChatMessage]
     max_tokens: int | None
     temperature: float | None
+    stop: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

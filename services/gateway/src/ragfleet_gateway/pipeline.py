@@ -51,6 +51,7 @@ from ragfleet_gateway.fallback import (
 )
 from ragfleet_gateway.prompt import (
     PromptBuilder,
+    attribute_citations,
     is_refusal,
     resolve_citations,
     retrieval_only_text,
@@ -184,7 +185,10 @@ class RagPipeline:
         self._chain = _fallback_chain(settings, generator, model_generators or {})
         self._chunker = chunker or _chunker_for(settings)
         self._prompt = PromptBuilder(
-            settings.user_prompt_template(), settings.system_prompt, settings.source_max_chars
+            settings.user_prompt_template(),
+            settings.system_prompt,
+            settings.source_max_chars,
+            settings.context_budget_chars,
         )
 
     # --- retrieve ------------------------------------------------------------------------
@@ -243,7 +247,10 @@ class RagPipeline:
         if options.rerank_depth:
             hits = await self._rerank(query, hits, options, deadline, watch, reasons)
         return RetrievalResult(
-            hits=hits[: options.top_k], timings=watch.timings(), degraded_reasons=reasons
+            hits=hits[: options.top_k],
+            timings=watch.timings(),
+            degraded_reasons=reasons,
+            best_dense_score=max((h.score for h in dense or ()), default=None),
         )
 
     async def _rerank(
@@ -344,14 +351,16 @@ class RagPipeline:
         configured models, before any event), then returns the event stream: one
         ``SourcesEvent`` (numbered [1]..[n]), ``TokenEvent``s as the model streams them, a
         ``RestartEvent`` whenever a model fails after streaming (discard the text so far), and
-        one ``AnswerEvent`` whose citations are the [n] markers the model wrote.
+        one ``AnswerEvent`` whose citations are the sources that support the answer
+        (``attribute_citations``).
 
         Retrieval may use ``retrieval_budget_share`` of the deadline, at most
         ``retrieval_budget_max_s``; generation gets the rest, through the fallback chain
-        (``ragfleet_gateway.fallback``). With no sources, or none scoring ``min_source_score``,
-        the answer is ``no_answer_text`` without asking a model (``answered`` false); an answer
-        that declines with that text cites nothing. When every model fails, the answer is made
-        of the passages themselves and marked degraded.
+        (``ragfleet_gateway.fallback``). The sources are the hits that fit the context budget.
+        With no sources, or a best dense score below ``min_dense_score``, the answer is
+        ``no_answer_text`` without asking a model (``answered`` false); an answer that declines
+        with that text cites nothing. When every model fails, the answer is made of the
+        passages themselves and marked degraded.
         """
         options = check_ask(request, self.settings)
         links = self._chain.links_from(request.model)
@@ -369,11 +378,12 @@ class RagPipeline:
         retrieval = await self._retrieve(
             question, options, self._retrieval_deadline(deadline), watch
         )
-        sources = [Source(number, hit) for number, hit in enumerate(retrieval.hits, start=1)]
+        sources = self._prompt.fit(retrieval.hits)
         yield SourcesEvent(sources)
         reasons = list(retrieval.degraded_reasons)
-        threshold = self.settings.min_source_score
-        if not sources or (threshold is not None and max(s.hit.score for s in sources) < threshold):
+        threshold = self.settings.min_dense_score
+        best = retrieval.best_dense_score
+        if not sources or (threshold is not None and best is not None and best < threshold):
             yield TokenEvent(self.settings.no_answer_text)
             yield AnswerEvent(
                 Answer(
@@ -400,6 +410,7 @@ class RagPipeline:
                 if request.temperature is None
                 else request.temperature
             ),
+            stop=self.settings.stop_sequences,
         )
         result: ChainResult | None = None
         start = time.perf_counter()
@@ -411,7 +422,7 @@ class RagPipeline:
                     yield event
         watch.stages["generate"] = (time.perf_counter() - start) * 1000
         assert result is not None, "a fallback chain always ends with its result"
-        yield AnswerEvent(self._answer(result, sources, reasons, watch))
+        yield AnswerEvent(self._answer(result, question, sources, reasons, watch))
 
     def _retrieval_deadline(self, deadline: Deadline) -> Deadline:
         share = min(
@@ -423,6 +434,7 @@ class RagPipeline:
     def _answer(
         self,
         result: ChainResult,
+        question: str,
         sources: list[Source],
         reasons: list[str],
         watch: _Stopwatch,
@@ -449,10 +461,12 @@ class RagPipeline:
                 f"{a.model or 'default model'} {a.outcome.value}: {a.reason}" for a in failed
             )
             reasons.append(f"answered by fallback model {model} after: {tried}")
+        if result.done.finish_reason == "repetition":
+            reasons.append("the answer was cut where the model began to repeat itself")
         declined = is_refusal(result.text, self.settings.no_answer_text)
         return Answer(
             text=result.text,
-            citations=[] if declined else resolve_citations(result.text, sources),
+            citations=([] if declined else attribute_citations(result.text, question, sources)),
             model=model,
             usage=result.done.usage,
             timings=watch.timings(),

@@ -17,11 +17,16 @@ from ragfleet.runtime.errors import InvalidInput, NotFound
 from ragfleet_generator.engine import (
     ChatMessage,
     EngineKind,
+    FinishReason,
+    GenerationDone,
     GenerationEvent,
     LLMEngine,
     Role,
     SamplingParams,
+    TokenDelta,
+    UsageMeter,
 )
+from ragfleet_generator.repetition import RepetitionGuard
 from ragfleet_generator.settings import GeneratorSettings
 
 T = TypeVar("T")
@@ -191,7 +196,8 @@ class GeneratorCore:
         )
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
-        """Yields token deltas, then one GenerationDone.
+        """Yields token deltas, then one GenerationDone. A generation that falls into a loop
+        (``RepetitionGuard``) is stopped there and ends with finish reason ``repetition``.
 
         Raises NotFound for a model that is not served and InvalidInput (before anything is
         yielded) for a request outside the limits, including a prompt that does not leave
@@ -210,9 +216,21 @@ class GeneratorCore:
                     f"of model {model.name!r}"
                 )
             events = model.engine.generate(messages, params)
+            guard = RepetitionGuard()
+            meter = UsageMeter()
+            completion_tokens = 0
             try:
                 while (event := await model.run(next, events, None)) is not None:
                     yield event
+                    if isinstance(event, TokenDelta):
+                        meter.token()
+                        completion_tokens += 1
+                        if guard.feed(event.text):
+                            yield GenerationDone(
+                                FinishReason.REPETITION,
+                                meter.finish(prompt_tokens, completion_tokens),
+                            )
+                            return
             finally:
                 # Queued behind any step still running, so the engine is never entered twice.
                 model.executor.submit(events.close)

@@ -23,6 +23,8 @@ class Role(enum.StrEnum):
 class FinishReason(enum.StrEnum):
     STOP = "stop"
     LENGTH = "length"
+    # Cut by the core's RepetitionGuard: the model had fallen into a loop.
+    REPETITION = "repetition"
 
 
 class EngineKind(enum.StrEnum):

@@ -89,7 +89,7 @@ class GenerationDone(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     finish_reason: _builtins.str
-    """"stop" or "length" """
+    """"stop", "length" or "repetition" (cut: the model was looping)"""
     @_builtins.property
     def usage(self) -> _common_pb2.Usage: ...
     def __init__(
