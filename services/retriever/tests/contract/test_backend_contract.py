@@ -306,6 +306,11 @@ def test_dense_scores_are_cosine_similarities(backend: IndexBackend) -> None:
     assert scaled.score == pytest.approx(1.0, abs=1e-3)
 
 
+@pytest.mark.parametrize("space", ["\u00a0", "\u000b", "\u000c", "\u0085", "\u2028", "\u3000"])
+def test_any_unicode_space_separates_query_words(backend: IndexBackend, space: str) -> None:
+    assert ids(backend.search_lexical(f"in-flight{space}drains{space}", 10))[0] == "c0"
+
+
 def test_lexical_query_syntax_is_treated_as_text(backend: IndexBackend) -> None:
     assert ids(backend.search_lexical('drains: AND (in-flight "calls', 10))[0] == "c0"
     assert backend.search_lexical("?!", 10) == []

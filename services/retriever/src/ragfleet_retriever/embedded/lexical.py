@@ -19,7 +19,7 @@ SCHEMA_VERSION = "2"  # 2: the section path is indexed once (Chunk.lexical_text)
 _PAIR_SEPARATOR = "\x1f"
 # Everything but word characters and whitespace is query syntax to tantivy's parser; users type
 # natural language, so punctuation is dropped rather than interpreted.
-_QUERY_SYNTAX = re.compile(r"[^\w\s]+")
+_WORD = re.compile(r"\w+")
 
 
 def _schema() -> tantivy.Schema:
@@ -95,7 +95,10 @@ class LexicalIndex:
 
     def search(self, query: str, k: int, filter: Filter) -> list[ScoredId]:
         """The ``k`` best chunks by BM25 among those matching ``filter``."""
-        terms = _QUERY_SYNTAX.sub(" ", query).lower().strip()
+        # Only words, lower-cased and joined by plain spaces, reach tantivy's query parser: no
+        # user text can be syntax there (operators, quotes, field names), and no other
+        # whitespace either (a non-breaking space, U+2028 and the like fail to parse).
+        terms = " ".join(_WORD.findall(query.lower()))
         if not terms:
             return []
         text_query = self._index.parse_query(terms, ["body"])
