@@ -6,7 +6,10 @@ fleet's Ray (``ragfleet up``) is joined when it runs, else a local Ray is starte
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -85,5 +88,29 @@ def run(settings: FleetSettings, options: IngestOptions) -> IngestSummary:
         worker_cpus=options.worker_cpus,
         progress=options.progress,
     )
-    with ray_session(ray_address(settings, options.ray_address)):
+    log = Fleet(settings).log_dir / "ingest.log"
+    with native_stderr_to(log), ray_session(ray_address(settings, options.ray_address)):
         return run_ingest(options.source, config, manifest_path(settings, options.manifest))
+
+
+@contextlib.contextmanager
+def native_stderr_to(log: Path) -> Iterator[None]:
+    """Ray's C++ core writes its warnings straight to file descriptor 2, the user's console
+    here. For the block, descriptor 2 goes to ``log``, while ``sys.stderr`` (the progress bar,
+    error messages) keeps writing to the console."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    previous = sys.stderr
+    console = os.fdopen(os.dup(saved), "w", buffering=1, errors="backslashreplace")
+    with open(log, "ab") as target:
+        os.dup2(target.fileno(), 2)
+    sys.stderr = console
+    try:
+        yield
+    finally:
+        console.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        sys.stderr = previous
+        console.close()

@@ -91,10 +91,12 @@ def up(
             argv = [sys.executable, "-m", service.module]
             start(service.name, partial(fleet.spawn, service.name, argv, service.env))
         step = "deploying the generator on Ray Serve"
-        typer.echo("deploying the generator on Ray Serve (loads the model)...")
         processes = ["ray", *(service.name for service in fleet.services())]
+        generator = settings.address(settings.generator_port)
         try:
-            fleet.deploy_generator(settings.startup_timeout_s, watch=processes)
+            if "ray" in started or asyncio.run(health_status(generator)) != "SERVING":
+                typer.echo("deploying the generator on Ray Serve (loads the model)...")
+                fleet.deploy_generator(settings.startup_timeout_s, watch=processes)
         except ServiceExited as err:
             raise _StartupFailed(
                 str(err), f"fix what {err.name}'s log says (a setting, a taken port), then retry"

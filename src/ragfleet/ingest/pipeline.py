@@ -312,10 +312,6 @@ def _build_dataset(items: list[SourceItem], known: dict[str, ManifestEntry], con
         fn_constructor_args=(_EMBEDDER_SPECS[config.embedding](config),),
         compute=ray.data.ActorPoolStrategy(size=config.workers),
         num_cpus=_worker_cpus(config),
-        # No actor restarts: a run that fails is rerun from the manifest (exactly once), and a
-        # restartable actor whose constructor argument sits in the object store makes Ray's core
-        # warn on the user's console at every run.
-        max_restarts=0,
     )
 
 
