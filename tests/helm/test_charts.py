@@ -9,6 +9,7 @@ helm comes from .venv/bin/helm (tools/install_helm.sh, run by make install) or f
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import subprocess
@@ -388,3 +389,22 @@ def test_objects_match_the_kubernetes_schemas(
     assert len(targets) > len(objects)
     for target in targets:
         kubernetes_validate.validate(target, version, strict=True)
+
+
+@pytest.mark.parametrize("chart", SERVICE_CHARTS)
+def test_every_chart_setting_is_a_setting_of_its_service(chart: str) -> None:
+    """A key of a chart's ``settings:`` becomes ``RAGFLEET_<SERVICE>_<KEY>``, which the service
+    refuses at start-up unless it names a setting: a chart must not ship such a key."""
+    settings_class = {
+        "embedder": "ragfleet_embedder.settings:EmbedderSettings",
+        "retriever": "ragfleet_retriever.settings:RetrieverSettings",
+        "generator": "ragfleet_generator.settings:GeneratorSettings",
+        "gateway": "ragfleet_gateway.settings:GatewaySettings",
+    }[chart]
+    module, name = settings_class.split(":")
+    fields = getattr(importlib.import_module(module), name).model_fields
+    values = yaml.safe_load((REPO / "helm" / chart / "values.yaml").read_text())
+    keys = set(values.get("settings") or {})
+    if chart == "generator":  # gpu.vllm.<key> becomes the setting vllm_<key>
+        keys |= {f"vllm_{key}" for key in values["gpu"]["vllm"]}
+    assert keys <= set(fields)

@@ -34,6 +34,22 @@ def test_settings_read_their_own_prefix(monkeypatch: pytest.MonkeyPatch) -> None
     assert settings.bind_address == "127.0.0.1:6000"
 
 
+@pytest.mark.parametrize(
+    ("variable", "message"),
+    [
+        ("RAGFLEET_EXAMPLE_GRACE_PERIOD", "did you mean RAGFLEET_EXAMPLE_GRACE_PERIOD_S"),
+        ("ragfleet_example_prot", "did you mean RAGFLEET_EXAMPLE_PORT"),
+        ("RAGFLEET_EXAMPLE_ZZZ", "RAGFLEET_EXAMPLE_ZZZ is not a setting$"),
+    ],
+)
+def test_an_unknown_variable_under_the_prefix_stops_start_up(
+    monkeypatch: pytest.MonkeyPatch, variable: str, message: str
+) -> None:
+    monkeypatch.setenv(variable, "3")
+    with pytest.raises(ValidationError, match=message.replace("$", "")):
+        ExampleSettings()
+
+
 def test_settings_reject_bad_values(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAGFLEET_EXAMPLE_PORT", "70000")
     with pytest.raises(ValidationError, match="port"):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import difflib
+import os
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,6 +23,23 @@ class ServiceSettings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_variables(cls, data: Any) -> Any:
+        """A variable under the service's own prefix that names no setting is a typo (or a
+        setting that no longer exists): refusing it beats silently running on the default."""
+        prefix = str(cls.model_config.get("env_prefix", "")).upper()
+        if prefix == "RAGFLEET_":
+            return data
+        known = {name.upper() for name in cls.model_fields}
+        for variable in sorted(os.environ):
+            name = variable.upper()
+            if name.startswith(prefix) and name[len(prefix) :] not in known:
+                close = difflib.get_close_matches(name[len(prefix) :], known, n=1)
+                hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+                raise ValueError(f"{variable} is not a setting{hint}")
+        return data
 
     @property
     def bind_address(self) -> str:
