@@ -25,10 +25,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ragfleet.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from ragfleet.runtime.clients import insecure_channel
-from ragfleet_gateway.clients import Upstreams
-from ragfleet_gateway.pipeline import RagPipeline
-from ragfleet_gateway.server import build_server
 from ragfleet_gateway.settings import GatewaySettings
+from ragfleet_gateway.wiring import build_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -186,23 +184,13 @@ async def gateway(
         grace_period_s=0,
         **{"first_token_timeout_s": 2.0, "generation_retry_base_s": 0.05, **overrides},
     )
-    upstreams = Upstreams.connect(settings)
-    pipeline = RagPipeline(
-        settings,
-        upstreams.embedder,
-        upstreams.retriever,
-        upstreams.generator,
-        model_generators=upstreams.model_generators,
-    )
-    service = build_server(settings, pipeline)
+    service = build_gateway(settings)
     await service.start()
-    await service.mark_ready()
     try:
-        async with insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        async with insecure_channel(f"127.0.0.1:{service.grpc.port}") as channel:
             yield gateway_pb2_grpc.GatewayServiceStub(channel)
     finally:
-        await service.stop(0)
-        await upstreams.close()
+        await service.stop()
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,10 @@ from ragfleet.gateway.v1 import gateway_pb2_grpc
 from ragfleet.generator.v1 import generator_pb2, generator_pb2_grpc
 from ragfleet.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from ragfleet.runtime.clients import Deadline, insecure_channel
-from ragfleet_gateway.clients import Upstreams
 from ragfleet_gateway.domain import Chunk, GenerationParams, SearchMode
 from ragfleet_gateway.fakes import FakeGenerator, FakeRetriever, fake_vector
-from ragfleet_gateway.pipeline import RagPipeline
-from ragfleet_gateway.rest import create_app
-from ragfleet_gateway.server import build_rest_server, build_server
 from ragfleet_gateway.settings import GatewaySettings
+from ragfleet_gateway.wiring import build_gateway
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -224,29 +221,15 @@ async def start_gateway(addresses: dict[str, str], **overrides: Any) -> AsyncIte
         grace_period_s=0,
         **overrides,
     )
-    upstreams = Upstreams.connect(settings)
-    pipeline = RagPipeline(
-        settings,
-        upstreams.embedder,
-        upstreams.retriever,
-        upstreams.generator,
-        model_generators=upstreams.model_generators,
-    )
-    grpc_service = build_server(settings, pipeline)
-    rest = build_rest_server(settings, create_app(pipeline, lambda: upstreams.health(1.0)))
-    await grpc_service.start()
-    rest_task = await rest.start()
-    await grpc_service.mark_ready()
-    address = f"127.0.0.1:{grpc_service.port}"
+    gateway = build_gateway(settings)
+    await gateway.start()
+    address = f"127.0.0.1:{gateway.grpc.port}"
     async with (
         insecure_channel(address) as channel,
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{rest.port}", timeout=10) as client,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.rest.port}", timeout=10) as client,
     ):
         yield Gateway(settings, address, client, gateway_pb2_grpc.GatewayServiceStub(channel))
-    rest.should_exit = True
-    await rest_task
-    await grpc_service.stop(0)
-    await upstreams.close()
+    await gateway.stop()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,75 @@
+"""``build_gateway(settings)``: the one place the gateway is wired, used by ``__main__`` and by
+every test that starts a gateway, so what is tested is what runs."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from ragfleet.runtime.server import GrpcService
+from ragfleet_gateway.clients import Upstreams
+from ragfleet_gateway.ingest_jobs import IngestJobs
+from ragfleet_gateway.pipeline import RagPipeline
+from ragfleet_gateway.rest import create_app
+from ragfleet_gateway.server import RestServer, build_rest_server, build_server
+from ragfleet_gateway.settings import GatewaySettings
+
+
+@dataclass
+class Gateway:
+    """The gateway's parts: upstream clients, the core, shared ingest jobs, and the unstarted
+    gRPC and REST servers around them."""
+
+    settings: GatewaySettings
+    upstreams: Upstreams
+    pipeline: RagPipeline
+    jobs: IngestJobs
+    grpc: GrpcService
+    rest: RestServer
+    _rest_task: asyncio.Task[None] | None = field(default=None, init=False)
+
+    async def start_rest(self) -> None:
+        """Serves REST in the background once its port is bound."""
+        self._rest_task = await self.rest.start()
+
+    async def start(self) -> None:
+        """Starts both servers and reports SERVING (what ``run_service`` does, for tests)."""
+        await self.grpc.start()
+        await self.start_rest()
+        await self.grpc.mark_ready()
+
+    async def stop_rest(self) -> None:
+        if self._rest_task is not None:
+            self.rest.should_exit = True
+            await self._rest_task
+            self._rest_task = None
+
+    async def stop(self, grace_s: float = 0) -> None:
+        """Stops both servers and closes the upstream channels."""
+        await self.stop_rest()
+        await self.grpc.stop(grace_s)
+        await self.upstreams.close()
+
+
+def build_gateway(settings: GatewaySettings) -> Gateway:
+    """The gateway as configured: clients for every upstream, the reranker (the embedder's
+    Rerank), the fallback chain, ingest jobs shared by gRPC and REST, and both servers."""
+    upstreams = Upstreams.connect(settings)
+    pipeline = RagPipeline(
+        settings,
+        upstreams.embedder,
+        upstreams.retriever,
+        upstreams.generator,
+        model_generators=upstreams.model_generators,
+        reranker=upstreams.embedder,
+    )
+    jobs = IngestJobs.from_settings(settings)
+    app = create_app(pipeline, lambda: upstreams.health(settings.health_timeout_s), jobs)
+    return Gateway(
+        settings=settings,
+        upstreams=upstreams,
+        pipeline=pipeline,
+        jobs=jobs,
+        grpc=build_server(settings, pipeline, jobs),
+        rest=build_rest_server(settings, app),
+    )
