@@ -293,3 +293,40 @@ async def test_unreachable_generator_gives_a_retrieval_only_answer(fake_fleet: F
         answer = events[-1].answer
         assert answer.degraded and "generator at 127.0.0.1:" in answer.degraded_reasons[0]
         assert "SIGTERM" in answer.text and answer.citations
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/retrieve", r'{"query": "drains \ud800"}', "query"),
+        ("/v1/ask", r'{"question": "drains\u0000"}', "question"),
+        ("/v1/retrieve", r'{"query": "x", "retrieval": {"tenant": "a\u0007"}}', "retrieval.tenant"),
+        ("/v1/retrieve", r'{"query": "x", "retrieval": {"filter": {"k": "\udfff"}}}', "filter"),
+        ("/v1/ingest", r'{"documents": [{"source": "s\u0000", "text": "t"}]}', "source"),
+        ("/v1/ingest", r'{"documents": [{"source": "s", "text": "t \udfff"}]}', "text"),
+        (
+            "/v1/ingest",
+            r'{"documents": [{"source": "s", "text": "t"}], "tenant": "\u0000"}',
+            "tenant",
+        ),
+        ("/v1/ingest/jobs", r'{"source": "/data/\u0000x"}', "source"),
+    ],
+)
+async def test_text_a_service_cannot_store_is_refused_at_the_edge(
+    gateway: Gateway, path: str, body: str, field: str
+) -> None:
+    headers = {"content-type": "application/json"}
+    reply = await gateway.rest.post(path, content=body, headers=headers)
+    assert reply.status_code == 400, reply.text
+    message = reply.json()["error"]["message"]
+    assert field in message and "not allowed" in message, message
+    # The same keep-alive connection still answers.
+    assert (await gateway.rest.get("/healthz")).status_code == 200
+
+
+async def test_error_messages_quote_a_bounded_prefix(gateway: Gateway) -> None:
+    source = "x" * 50_000
+    body = {"documents": [{"source": source, "text": "a"}, {"source": source, "text": "b"}]}
+    reply = await gateway.rest.post("/v1/ingest", json=body)
+    assert reply.status_code == 400
+    assert len(reply.json()["error"]["message"]) < 300

@@ -28,6 +28,7 @@ from ragfleet.ingest.sources import is_url
 from ragfleet.runtime.errors import InvalidInput, NotFound, RagfleetError
 from ragfleet.runtime.logging import get_logger
 from ragfleet_gateway.settings import GatewaySettings
+from ragfleet_gateway.validation import check_text, quote
 
 log = get_logger(__name__)
 
@@ -85,6 +86,7 @@ def pipeline_runner(settings: GatewaySettings) -> Runner:
 def check_source(source: str, allowed_roots: list[Path]) -> str:
     """``source`` when it is an http(s) URL or a path under an allowed root; else
     ``InvalidInput`` naming the field and the setting."""
+    check_text(source, "source")
     if not source.strip():
         raise InvalidInput("source: must not be empty")
     if is_url(source):
@@ -92,7 +94,7 @@ def check_source(source: str, allowed_roots: list[Path]) -> str:
     path = Path(source).resolve()
     if not any(path.is_relative_to(root.resolve()) for root in allowed_roots):
         raise InvalidInput(
-            f"source: {source} is not an http(s) URL nor under an allowed root "
+            f"source: {quote(source)} is not an http(s) URL nor under an allowed root "
             "(RAGFLEET_GATEWAY_INGEST_ALLOWED_ROOTS)"
         )
     return str(path)
@@ -119,6 +121,7 @@ class IngestJobs:
 
     def start(self, request: JobRequest) -> IngestJob:
         """Validates the request (``InvalidInput``) and starts the job in the background."""
+        check_text(request.tenant, "tenant")
         request = JobRequest(
             check_source(request.source, self._roots), request.tenant, request.sync
         )

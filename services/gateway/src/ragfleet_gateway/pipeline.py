@@ -61,6 +61,7 @@ from ragfleet_gateway.validation import (
     check_ask,
     check_documents,
     check_question,
+    check_text,
     resolve_retrieval,
 )
 
@@ -484,6 +485,7 @@ class RagPipeline:
         ``documents``. Each document replaces whatever its source had before: its old chunks
         are deleted, then the new ones upserted. Everything is embedded before anything is
         deleted, so an embedder failure leaves the index as it was."""
+        check_text(tenant, "tenant")
         check_documents(documents, self.settings)
         chunked = await asyncio.to_thread(
             lambda: [self._chunker.chunk(doc, tenant) for doc in documents]

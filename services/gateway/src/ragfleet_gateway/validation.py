@@ -12,12 +12,16 @@ Each check raises ``InvalidInput`` whose message names the field and the documen
 - ``documents``: 1..``max_ingest_documents`` (256), each with a non-empty ``source`` (unique in
   the request) and ``text``, at most ``max_ingest_bytes`` (20 MiB) of UTF-8 text in all, and a
   ``content_type`` of text/markdown, text/plain, text/html or empty.
+- Every text field: valid Unicode without NUL (a lone UTF-16 surrogate cannot be stored or
+  encoded); short fields (question, source, title, tenant, metadata, filters) also without other
+  control characters than tab and line breaks. Messages quote at most ``QUOTE_CHARS`` of a value.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
 from ragfleet.fusion import FusionMethod
@@ -33,9 +37,42 @@ from ragfleet_gateway.settings import GatewaySettings
 
 CONTENT_TYPES = ("text/markdown", "text/plain", "text/html")
 MAX_TEMPERATURE = 2.0
+QUOTE_CHARS = 60
+
+# Never valid: NUL, and lone surrogates (JSON can carry "\ud800"; UTF-8 cannot encode it).
+_UNENCODABLE = re.compile("[\x00\ud800-\udfff]")
+# Also refused in short fields: the other C0 controls and DEL (tab and line breaks are text).
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+
+
+def quote(value: str) -> str:
+    """``value`` for an error message: at most ``QUOTE_CHARS`` characters of it."""
+    if len(value) <= QUOTE_CHARS:
+        return repr(value)
+    return f"{value[:QUOTE_CHARS]!r}… ({len(value)} characters)"
+
+
+def check_text(value: str, field: str, *, short: bool = True) -> None:
+    """``InvalidInput`` naming ``field`` and the position when ``value`` holds a character no
+    text field may hold (see the module)."""
+    match = (_CONTROL if short else _UNENCODABLE).search(value)
+    if match is not None:
+        char = match.group()
+        raise InvalidInput(
+            f"{field} holds the character U+{ord(char):04X} at position {match.start()}, which "
+            f"is not allowed{' in text' if not short else ''}: send valid Unicode text without "
+            "NUL or control characters"
+        )
+
+
+def check_labels(values: Mapping[str, str], field: str) -> None:
+    for key, value in values.items():
+        check_text(key, f"{field} key {quote(key)}")
+        check_text(value, f"{field}[{quote(key)}]")
 
 
 def check_question(text: str, settings: GatewaySettings, field: str = "question") -> str:
+    check_text(text, field)
     if not text.strip():
         raise InvalidInput(f"{field} must not be empty")
     if len(text) > settings.max_question_chars:
@@ -59,6 +96,8 @@ def _choice(value: str | None, enum: type[_E], default: str, field: str) -> _E:
 
 def resolve_retrieval(request: RetrievalRequest, settings: GatewaySettings) -> RetrievalOptions:
     """Validates ``request`` and fills in the defaults."""
+    check_text(request.tenant, "retrieval.tenant")
+    check_labels(request.equals, "retrieval.filter")
     top_k = settings.default_top_k if request.top_k is None else request.top_k
     if not 1 <= top_k <= settings.max_top_k:
         raise InvalidInput(
@@ -117,12 +156,16 @@ def check_documents(documents: Sequence[Document], settings: GatewaySettings) ->
     total = 0
     seen: dict[str, int] = {}
     for i, doc in enumerate(documents):
+        check_text(doc.source, f"documents[{i}].source")
+        check_text(doc.title, f"documents[{i}].title")
+        check_text(doc.text, f"documents[{i}].text", short=False)
+        check_labels(doc.metadata, f"documents[{i}].metadata")
         if not doc.source.strip():
             raise InvalidInput(f"documents[{i}].source must not be empty")
         if doc.source in seen:
             raise InvalidInput(
                 f"documents[{i}].source repeats documents[{seen[doc.source]}].source "
-                f"{doc.source!r}; each source may appear once per request"
+                f"{quote(doc.source)}; each source may appear once per request"
             )
         seen[doc.source] = i
         if not doc.text.strip():
@@ -130,7 +173,7 @@ def check_documents(documents: Sequence[Document], settings: GatewaySettings) ->
         if doc.content_type and doc.content_type.lower() not in CONTENT_TYPES:
             raise InvalidInput(
                 f"documents[{i}].content_type must be one of {', '.join(CONTENT_TYPES)} or "
-                f"empty; got {doc.content_type!r}"
+                f"empty; got {quote(doc.content_type)}"
             )
         total += len(doc.text.encode("utf-8"))
     if total > settings.max_ingest_bytes:
