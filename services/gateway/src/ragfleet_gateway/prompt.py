@@ -106,10 +106,10 @@ def resolve_citations(text: str, sources: Sequence[Source]) -> list[Citation]:
     return [_citation(by_number[n]) for n in cited_numbers(text, len(sources)) if n in by_number]
 
 
+_WORD = re.compile(r"\w+")
 # Words too common to say which passage a sentence came from.
 _STOPWORDS = frozenset(
-    re.findall(
-        r"\w+",
+    _WORD.findall(
         "the and for are was were that this with from into onto its their there then than what "
         "which when where who whom whose why how does did doing done has have had can could may "
         "might must shall should will would not nor but also each every some any all one two "
@@ -118,7 +118,6 @@ _STOPWORDS = frozenset(
         "over under until while use uses used using based provided",
     )
 )
-_WORD = re.compile(r"\w+")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 # A sentence is attributed to a source holding at least this share of its distinctive words
 # (a third: answers paraphrase, and the crude stems miss some of what they share).
@@ -145,7 +144,7 @@ def attribute_citations(text: str, question: str, sources: Sequence[Source]) -> 
     """The sources that support the answer, sentence by sentence.
 
     Small models often leave out the [n] markers or put a wrong one, so a marker is kept only
-    when its passage holds at least half of the sentence's distinctive words (those not already
+    when its passage holds at least a third of the sentence's distinctive words (those not already
     in the question: the answer's facts, not the question's topic); a sentence with no such
     marker is attributed to the best-supporting passage when one clears the same bar. A
     sentence no passage supports cites nothing.
@@ -178,8 +177,8 @@ def _normalized(text: str) -> str:
 
 
 def is_refusal(answer: str, refusal: str) -> bool:
-    """Whether ``answer`` declines with the ``refusal`` text the prompt tells the model to use
-    (ignoring case, full stops, spacing and citation markers it may have added)."""
+    """Whether ``answer`` declines with the ``refusal`` text, ignoring case, full stops,
+    spacing and citation markers the model may have added."""
     expected = _normalized(refusal)
     return bool(expected) and _normalized(answer).startswith(expected)
 
