@@ -16,7 +16,7 @@ import statistics
 import time
 
 from ragfleet.embedder.v1 import embedder_pb2, embedder_pb2_grpc
-from ragfleet.runtime.clients import insecure_channel
+from ragfleet.runtime.channels import insecure_channel
 from ragfleet.runtime.logging import configure_logging
 from ragfleet_embedder.core import Embedder
 from ragfleet_embedder.model import EmbeddingModel, SentenceTransformerEmbedder

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from ragfleet.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from ragfleet.runtime.clients import insecure_channel
+from ragfleet.runtime.channels import insecure_channel
 
 ROOT = Path(__file__).resolve().parents[1]
 RAGFLEET = str(Path(sys.executable).parent / "ragfleet")

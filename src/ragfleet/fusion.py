@@ -178,6 +178,15 @@ def make_fuser(
     return _FUSERS[chosen](rrf_k, dense_weight)
 
 
+def check_options(rrf_k: int | None = None, dense_weight: float | None = None) -> None:
+    """Raises ``InvalidInput`` naming ``rrf_k`` or ``dense_weight`` when either is out of range;
+    None stands for the default. The rule every front end applies before a search."""
+    if rrf_k is not None:
+        ReciprocalRankFusion(rrf_k)
+    if dense_weight is not None:
+        WeightedFusion(dense_weight)
+
+
 def fuse(
     method: FusionMethod | str,
     lexical: RankedList,

@@ -160,30 +160,21 @@ def generator_judge(
 ) -> Judge:
     """A ``Judge`` that calls ``GeneratorService.Generate`` at ``address`` through the Ray Serve
     gRPC proxy (routed by the ``application`` metadata key), temperature 0, at most 3 tokens."""
-    import grpc
+    from ragfleet.clients import Blocking, GeneratorClient
+    from ragfleet.domain import ChatMessage, GenerationParams
+    from ragfleet.runtime.channels import Deadline
 
-    from ragfleet.common.v1 import common_pb2
-    from ragfleet.generator.v1 import generator_pb2, generator_pb2_grpc
-    from ragfleet.runtime.errors import from_rpc_error
-
-    stub = generator_pb2_grpc.GeneratorServiceStub(grpc.insecure_channel(address))
-    metadata = (("application", application),)
+    runner = Blocking()
+    client = runner.connect(lambda: GeneratorClient.connect(address, application=application))
 
     def judge(system: str, user: str) -> str:
-        request = generator_pb2.GenerateRequest(
+        params = GenerationParams(
             model=model,
-            messages=[
-                common_pb2.ChatMessage(role="system", content=system),
-                common_pb2.ChatMessage(role="user", content=user),
-            ],
+            messages=[ChatMessage("system", system), ChatMessage("user", user)],
             max_tokens=3,
             temperature=0.0,
         )
-        try:
-            replies = stub.Generate(request, timeout=timeout_s, metadata=metadata)
-            return "".join(r.token.text for r in replies if r.WhichOneof("event") == "token")
-        except grpc.RpcError as err:
-            raise from_rpc_error(err, f"generator at {address}") from err
+        return runner.run(client.complete(params, Deadline.after(timeout_s)))
 
     return judge
 

@@ -25,7 +25,7 @@ def tokenizer():  # type: ignore[no-untyped-def]
 def test_chunks_fit_the_size_in_model_tokens_with_overlap(tokenizer) -> None:  # type: ignore[no-untyped-def]
     chunker = DocumentChunker(ChunkingConfig(ChunkingStrategy.TOKENS, 64, 16), tokenizer=tokenizer)
     chunks = chunker.chunk(Document(source="notes.txt", text=SENTENCE * 60))
-    lengths = [len(tokenizer.tokenize(c.passage)) for c in chunks]
+    lengths = [len(tokenizer.tokenize(c.search_text)) for c in chunks]
     assert len(chunks) >= 10
     assert max(lengths) <= 64 and min(lengths[:-1]) >= 40
     # Characters would be a different unit: the same text in 64-character chunks is many more.
@@ -43,4 +43,4 @@ def test_section_path_and_title_count_towards_the_token_budget(tokenizer) -> Non
     chunks = chunker.chunk(Document(source="ops.md", text=text, title="Runbook"))
     assert {c.section for c in chunks} == {"Operations > Shutdown and draining"}
     assert all(c.text.startswith("Operations > Shutdown and draining\n\n") for c in chunks)
-    assert all(len(tokenizer.tokenize(c.passage)) <= 48 for c in chunks)
+    assert all(len(tokenizer.tokenize(c.search_text)) <= 48 for c in chunks)

@@ -24,7 +24,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ragfleet.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from ragfleet.runtime.clients import insecure_channel
+from ragfleet.runtime.channels import insecure_channel
 from ragfleet_gateway.settings import GatewaySettings
 from ragfleet_gateway.wiring import build_gateway
 

@@ -115,14 +115,14 @@ def test_the_title_and_section_path_share_the_size_budget() -> None:
         Document(source="l.md", text=text, title="A Title")
     )
     assert all(c.title == "A Title" and c.section == "Long" for c in chunks)
-    assert chunks[0].passage.startswith("A Title\nLong\n\nword0 ")
-    assert all(len(c.passage) <= 200 + len("\n\n") for c in chunks)
+    assert chunks[0].search_text.startswith("A Title\nLong\n\nword0 ")
+    assert all(len(c.search_text) <= 200 + len("\n\n") for c in chunks)
 
 
 def test_none_keeps_each_document_whole() -> None:
     doc = Document(source="guide.md", text=MARKDOWN, title="Guide")
     chunks = DocumentChunker(ChunkingConfig(ChunkingStrategy.NONE)).chunk(doc)
-    assert [(c.text, c.section, c.passage) for c in chunks] == [
+    assert [(c.text, c.section, c.search_text) for c in chunks] == [
         (MARKDOWN, "", "Guide\n" + MARKDOWN)
     ]
     assert DocumentChunker(ChunkingConfig("none")).chunk(Document(source="e", text=" ")) == []

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 from pydantic_settings import SettingsConfigDict
 
-from ragfleet.runtime.clients import Deadline
+from ragfleet.runtime.channels import Deadline
 from ragfleet.runtime.errors import (
     DeadlineExceeded,
     InvalidInput,

@@ -11,13 +11,13 @@ import grpc
 import pytest
 import pytest_asyncio
 
+from ragfleet.domain import default_embedding_model_path
 from ragfleet.embedder.v1 import embedder_pb2, embedder_pb2_grpc
 from ragfleet.rerank import CrossEncoderReranker, Reranker, load_reranker
-from ragfleet.runtime.clients import insecure_channel
+from ragfleet.runtime.channels import insecure_channel
 from ragfleet.runtime.errors import ModelLoadError
 from ragfleet_embedder.core import Embedder
 from ragfleet_embedder.fakes import FakeEmbeddingModel
-from ragfleet_embedder.model import default_model_path
 from ragfleet_embedder.server import build_server
 from ragfleet_embedder.settings import EmbedderSettings
 
@@ -32,7 +32,7 @@ def cross_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     folder = tmp_path_factory.mktemp("cross-encoder")
     model = CrossEncoder(
-        str(default_model_path()), num_labels=1, max_length=128, local_files_only=True
+        str(default_embedding_model_path()), num_labels=1, max_length=128, local_files_only=True
     )
     model.save(str(folder))
     return folder

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from ragfleet.embedder.v1 import embedder_pb2, embedder_pb2_grpc
-from ragfleet.runtime.clients import insecure_channel
+from ragfleet.runtime.channels import insecure_channel
 from ragfleet.runtime.errors import ModelLoadError
 from ragfleet.runtime.server import GrpcService
 from ragfleet_embedder.core import Embedder
@@ -25,7 +25,7 @@ from ragfleet_embedder.model import (
     INSTALL_HINT,
     EmbeddingModel,
     SentenceTransformerEmbedder,
-    default_model_path,
+    default_embedding_model_path,
 )
 from ragfleet_embedder.server import SERVICE_NAME, build_server
 from ragfleet_embedder.settings import EmbedderSettings
@@ -177,7 +177,7 @@ async def test_a_loading_service_answers_unavailable(loading_service: GrpcServic
 
 def test_corrupt_weights_stop_loading_with_an_install_hint(tmp_path: Path) -> None:
     folder = tmp_path / "model"
-    shutil.copytree(default_model_path(), folder)
+    shutil.copytree(default_embedding_model_path(), folder)
     (folder / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ModelLoadError, match="may be corrupt") as caught:
         SentenceTransformerEmbedder.load(path=folder, name="broken")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
@@ -13,12 +13,20 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ragfleet.common.v1 import common_pb2
+from ragfleet.domain import (
+    Filter,
+    GenerationParams,
+    SearchQuery,
+    chunk_from_proto,
+    fusion_from_proto,
+    hit_to_proto,
+    search_mode_from_proto,
+)
 from ragfleet.embedder.v1 import embedder_pb2, embedder_pb2_grpc
 from ragfleet.gateway.v1 import gateway_pb2_grpc
 from ragfleet.generator.v1 import generator_pb2, generator_pb2_grpc
 from ragfleet.retriever.v1 import retriever_pb2, retriever_pb2_grpc
-from ragfleet.runtime.clients import Deadline, insecure_channel
-from ragfleet_gateway.domain import Chunk, GenerationParams, SearchMode
+from ragfleet.runtime.channels import Deadline, insecure_channel
 from ragfleet_gateway.fakes import FakeGenerator, FakeRetriever, fake_vector
 from ragfleet_gateway.settings import GatewaySettings
 from ragfleet_gateway.wiring import build_gateway
@@ -33,12 +41,6 @@ def _no_relevance_threshold() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RAGFLEET_GATEWAY_MIN_DENSE_SCORE", "-1")
         yield
-
-
-_MODES = {
-    common_pb2.SEARCH_MODE_LEXICAL: SearchMode.LEXICAL,
-    common_pb2.SEARCH_MODE_DENSE: SearchMode.DENSE,
-}
 
 
 class FakeEmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
@@ -69,19 +71,7 @@ class FakeRetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
     async def Upsert(
         self, request: retriever_pb2.UpsertRequest, context: Context
     ) -> retriever_pb2.UpsertResponse:
-        chunks = [
-            Chunk(
-                id=c.id,
-                text=c.text,
-                source=c.source,
-                title=c.title,
-                section=c.section,
-                tenant=c.tenant,
-                metadata=dict(c.metadata),
-                vector=tuple(c.vector),
-            )
-            for c in request.chunks
-        ]
+        chunks = [chunk_from_proto(c) for c in request.chunks]
         return retriever_pb2.UpsertResponse(
             upserted=await self.core.upsert(chunks, Deadline.after(5))
         )
@@ -97,30 +87,24 @@ class FakeRetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
     async def Search(
         self, request: retriever_pb2.SearchRequest, context: Context
     ) -> retriever_pb2.SearchResponse:
-        hits = await self.core.search(
-            _MODES[request.mode],
-            request.top_k,
+        fusion = request.fusion
+        result = await self.core.search(
+            SearchQuery(
+                query=request.query,
+                vector=list(request.query_vector),
+                mode=search_mode_from_proto(request.mode),
+                top_k=request.top_k if request.HasField("top_k") else None,
+                fusion=fusion_from_proto(fusion.method),
+                rrf_k=fusion.rrf_k or None,
+                dense_weight=fusion.dense_weight if fusion.HasField("dense_weight") else None,
+                filter=Filter(tenant=request.filter.tenant, equals=dict(request.filter.equals)),
+            ),
             Deadline.after(5),
-            query=request.query,
-            vector=list(request.query_vector),
-            tenant=request.filter.tenant,
         )
         return retriever_pb2.SearchResponse(
-            hits=[
-                common_pb2.ScoredChunk(
-                    chunk=common_pb2.Chunk(
-                        id=h.chunk.id,
-                        text=h.chunk.text,
-                        source=h.chunk.source,
-                        title=h.chunk.title,
-                        section=h.chunk.section,
-                        tenant=h.chunk.tenant,
-                    ),
-                    score=h.score,
-                )
-                for h in hits
-            ],
+            hits=[hit_to_proto(replace(h, chunk=replace(h.chunk, vector=()))) for h in result.hits],
             mode=request.mode,
+            best_dense_score=result.best_dense_score,
         )
 
     async def GetStats(self, request: Any, context: Context) -> retriever_pb2.Stats:

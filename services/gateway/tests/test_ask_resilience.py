@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from ragfleet.runtime.clients import Deadline
+from ragfleet.domain import InputType, TokenEvent
+from ragfleet.runtime.channels import Deadline
 from ragfleet.runtime.errors import NotFound, Unavailable
 from ragfleet_gateway.domain import (
     AnswerEvent,
@@ -18,10 +19,8 @@ from ragfleet_gateway.domain import (
     AskRequest,
     AttemptOutcome,
     Document,
-    InputType,
     RetrievalRequest,
     SourcesEvent,
-    TokenEvent,
 )
 from ragfleet_gateway.fakes import FakeEmbedder, FakeGenerator, FakeRetriever
 from ragfleet_gateway.pipeline import RagPipeline
@@ -134,9 +133,11 @@ async def test_retrieval_gets_a_capped_share_of_the_deadline() -> None:
         settings, RecordingEmbedder(budgets=budgets), FakeRetriever(), FakeGenerator()
     )
     await pipeline.ingest([DOC], "", Deadline.after(10))
-    for timeout, expected in [(2.0, 0.5), (60.0, 1.0)]:
+    # Retrieval gets 0.5 s of a 2 s deadline and 1 s (the cap) of 60 s; the query embedding
+    # at most half of that, so a hung embedder still leaves time for the search.
+    for timeout, expected in [(2.0, 0.25), (60.0, 0.5)]:
         [e async for e in pipeline.ask(AskRequest("SIGTERM?"), Deadline.after(timeout))]
-        assert expected - 0.1 < budgets[-1] <= expected
+        assert expected - 0.05 < budgets[-1] <= expected
 
 
 async def test_a_hung_model_leaves_time_for_the_next_within_the_deadline() -> None:

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from ragfleet.runtime.clients import Deadline
+from ragfleet.domain import GenerationDone, GenerationEvent, GenerationParams, TokenEvent, Usage
+from ragfleet.runtime.channels import Deadline
 from ragfleet.runtime.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -20,15 +21,7 @@ from ragfleet.runtime.errors import (
     Unavailable,
 )
 from ragfleet_gateway.breaker import BreakerState, CircuitBreaker
-from ragfleet_gateway.domain import (
-    AttemptOutcome,
-    GenerationDone,
-    GenerationEvent,
-    GenerationParams,
-    RestartEvent,
-    TokenEvent,
-    Usage,
-)
+from ragfleet_gateway.domain import AttemptOutcome, RestartEvent
 from ragfleet_gateway.fallback import (
     Backoff,
     ChainEvent,

@@ -1,4 +1,4 @@
-"""RagPipeline against fake upstreams: fusion wiring, parallelism, citations, degraded paths."""
+"""RagPipeline against fake upstreams: the search it sends, citations, degraded paths."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from ragfleet.fusion import fuse
-from ragfleet.runtime.clients import Deadline
+from ragfleet.domain import InputType, SearchMode, SearchQuery, TokenEvent
+from ragfleet.fusion import FusionMethod
+from ragfleet.runtime.channels import Deadline
 from ragfleet.runtime.errors import DeadlineExceeded, InvalidInput, Unavailable
 from ragfleet_gateway.domain import (
     AnswerEvent,
@@ -16,12 +17,9 @@ from ragfleet_gateway.domain import (
     AskRequest,
     AttemptOutcome,
     Document,
-    InputType,
     RestartEvent,
     RetrievalRequest,
-    SearchMode,
     SourcesEvent,
-    TokenEvent,
 )
 from ragfleet_gateway.fakes import FakeEmbedder, FakeGenerator, FakeRetriever, fake_vector
 from ragfleet_gateway.pipeline import RagPipeline
@@ -73,30 +71,37 @@ async def collect(
 
 # --- retrieve --------------------------------------------------------------------------
 @pytest.mark.parametrize("method", ["rrf", "weighted"])
-async def test_hybrid_retrieval_fuses_both_lists_with_ragfleet_fusion(method: str) -> None:
-    pipeline, _, retriever, _ = await indexed()
+async def test_hybrid_retrieval_is_one_search_the_retriever_fuses(method: str) -> None:
+    pipeline, embedder, retriever, _ = await indexed()
+    retriever.searches.clear()
     query = "what happens on SIGTERM shutdown"
-    result = await pipeline.retrieve(
-        query, RetrievalRequest(top_k=3, fusion=method, dense_weight=0.3), Deadline.after(5)
-    )
-    lexical = await retriever.search(SearchMode.LEXICAL, 50, Deadline.after(5), query=query)
-    dense = await retriever.search(
-        SearchMode.DENSE, 50, Deadline.after(5), vector=fake_vector(query)
-    )
-    expected = fuse(
-        method,
-        [(h.chunk.id, h.score) for h in lexical],
-        [(h.chunk.id, h.score) for h in dense],
+    request = RetrievalRequest(top_k=3, fusion=method, dense_weight=0.3, rrf_k=7)
+    result = await pipeline.retrieve(query, request, Deadline.after(5))
+    assert embedder.calls == [([query], InputType.QUERY)]
+    [(sent, _)] = retriever.searches
+    assert sent == SearchQuery(
+        query=query,
+        vector=fake_vector(query),
+        mode=SearchMode.HYBRID,
+        top_k=3,
+        fusion=FusionMethod(method),
+        rrf_k=7,
         dense_weight=0.3,
-        limit=3,
     )
-    assert [(h.chunk.id, h.score, h.lexical_rank, h.dense_rank) for h in result.hits] == [
-        (f.id, f.score, f.lexical_rank, f.dense_rank) for f in expected
-    ]
+    direct = await retriever.search(sent, Deadline.after(5))
+    assert result.hits == direct.hits and len(result.hits) == 3
+    assert result.best_dense_score == direct.best_dense_score is not None
     assert result.hits[0].chunk.section == "Operations > Shutdown"
     assert not result.degraded
-    stages = [t.stage for t in result.timings]
-    assert {"embed", "lexical", "dense", "fuse", "total"} <= set(stages)
+    assert [t.stage for t in result.timings] == ["embed", "search", "total"]
+
+
+async def test_fusion_left_unset_is_the_retrievers_default() -> None:
+    pipeline, _, retriever, _ = await indexed()
+    retriever.searches.clear()
+    await pipeline.retrieve("SIGTERM", RetrievalRequest(), Deadline.after(5))
+    [(sent, _)] = retriever.searches
+    assert (sent.fusion, sent.rrf_k, sent.dense_weight, sent.candidate_k) == (None,) * 4
 
 
 async def test_lexical_mode_never_embeds() -> None:
@@ -104,8 +109,9 @@ async def test_lexical_mode_never_embeds() -> None:
     retriever.searches.clear()
     result = await pipeline.retrieve("SIGTERM", RetrievalRequest(mode="lexical"), Deadline.after(5))
     assert embedder.calls == []
-    assert [m for m, _ in retriever.searches] == [SearchMode.LEXICAL]
+    assert [s.mode for s, _ in retriever.searches] == [SearchMode.LEXICAL]
     assert result.hits and all(h.dense_rank == 0 for h in result.hits)
+    assert result.best_dense_score is None
 
 
 async def test_dense_mode_searches_dense_only() -> None:
@@ -113,16 +119,7 @@ async def test_dense_mode_searches_dense_only() -> None:
     retriever.searches.clear()
     await pipeline.retrieve("SIGTERM", RetrievalRequest(mode="dense"), Deadline.after(5))
     assert embedder.calls == [(["SIGTERM"], InputType.QUERY)]
-    assert [m for m, _ in retriever.searches] == [SearchMode.DENSE]
-
-
-async def test_lexical_search_starts_before_the_embedding_finishes() -> None:
-    pipeline, embedder, retriever, _ = await indexed()
-    embedder.delay_s = 0.2
-    retriever.searches.clear()
-    await pipeline.retrieve("SIGTERM drains", RetrievalRequest(), Deadline.after(5))
-    lexical_started = next(t for m, t in retriever.searches if m is SearchMode.LEXICAL)
-    assert lexical_started < embedder.finished_at[-1] - 0.15
+    assert [s.mode for s, _ in retriever.searches] == [SearchMode.DENSE]
 
 
 async def test_embedder_down_degrades_to_lexical_only() -> None:
@@ -132,6 +129,17 @@ async def test_embedder_down_degrades_to_lexical_only() -> None:
     assert result.hits and all(h.dense_rank == 0 and h.lexical_rank > 0 for h in result.hits)
     assert result.degraded
     assert "embedder at 127.0.0.1:50051" in result.degraded_reasons[0]
+
+
+async def test_a_hung_embedder_leaves_time_for_a_lexical_search() -> None:
+    pipeline, embedder, retriever, _ = await indexed(embed_timeout_s=0.2)
+    embedder.delay_s = 30
+    retriever.searches.clear()
+    start = time.perf_counter()
+    result = await pipeline.retrieve("SIGTERM", RetrievalRequest(), Deadline.after(5))
+    assert 0.15 < time.perf_counter() - start < 1.0
+    assert [s.mode for s, _ in retriever.searches] == [SearchMode.LEXICAL]
+    assert result.hits and "lexical results only" in result.degraded_reasons[0]
 
 
 async def test_embedder_down_in_dense_mode_falls_back_to_lexical() -> None:
@@ -175,7 +183,7 @@ async def test_ask_streams_sources_tokens_then_a_cited_answer() -> None:
     assert a.model == "m1" and a.usage.completion_tokens == 3
     assert not a.degraded
     stages = {t.stage for t in a.timings}
-    assert {"embed", "lexical", "dense", "fuse", "generate", "total"} <= stages
+    assert {"embed", "search", "generate", "total"} <= stages
     system, user = (m.content for m in generator.requests[0].messages)
     assert "[1] " in user and "What happens on SIGTERM?" in user
     assert "square brackets" in system

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ragfleet_gateway.domain import Chunk, Hit, Source
+from ragfleet.domain import Chunk, Hit
+from ragfleet_gateway.domain import Source
 from ragfleet_gateway.prompt import (
     PromptBuilder,
     attribute_citations,

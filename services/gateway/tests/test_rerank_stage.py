@@ -1,5 +1,5 @@
 """The gateway's rerank stage: reorders the best fused hits by the reranker's scores, cuts to
-top_k, records its timing, and degrades (fused order kept) instead of failing."""
+top_k, records its timing, and degrades (search order kept) instead of failing."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 import pytest
 
 from ragfleet.gateway.v1 import gateway_pb2
-from ragfleet.runtime.clients import Deadline
+from ragfleet.runtime.channels import Deadline
 from ragfleet.runtime.errors import InvalidInput, RagfleetError, Unavailable
 from ragfleet_gateway.domain import Document, RetrievalRequest
 from ragfleet_gateway.fakes import FakeEmbedder, FakeGenerator, FakeRetriever
 from ragfleet_gateway.pipeline import RagPipeline
-from ragfleet_gateway.rest import RetrievalOptions as RestRetrievalOptions
+from ragfleet_gateway.rest_schemas import RetrievalOptions as RestRetrievalOptions
 from ragfleet_gateway.servicer import retrieval_request
 from ragfleet_gateway.settings import GatewaySettings
 
@@ -129,10 +129,10 @@ async def test_the_request_flag_overrides_the_setting(
     [
         (
             FakeReranker(error=Unavailable("embedder at x failed (FAILED_PRECONDITION): no")),
-            "reranking failed, fused order kept: embedder at x failed",
+            "reranking failed, search order kept: embedder at x failed",
         ),
-        (FakeReranker(delay_s=1.0), "reranking took over 0.05 s, fused order kept"),
-        (None, "reranking skipped, fused order kept: no reranker is configured"),
+        (FakeReranker(delay_s=1.0), "reranking took over 0.05 s, search order kept"),
+        (None, "reranking skipped, search order kept: no reranker is configured"),
     ],
 )
 async def test_a_failing_reranker_keeps_the_fused_order_and_marks_it_degraded(

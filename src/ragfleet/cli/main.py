@@ -21,11 +21,12 @@ from ragfleet.cli.fleet import (
     health_status,
     wait_serving,
 )
+from ragfleet.clients import RetrieverClient
 from ragfleet.common.v1 import common_pb2
+from ragfleet.domain import SearchMode, search_mode_to_proto
 from ragfleet.eval.cli import eval_app
 from ragfleet.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from ragfleet.retriever.v1 import retriever_pb2, retriever_pb2_grpc
-from ragfleet.runtime.clients import insecure_channel
+from ragfleet.runtime.channels import Deadline, insecure_channel
 from ragfleet.runtime.errors import RagfleetError
 from ragfleet.training.cli import train_app
 
@@ -39,12 +40,6 @@ app = typer.Typer(
 )
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
-
-MODES = {
-    "hybrid": common_pb2.SEARCH_MODE_HYBRID,
-    "lexical": common_pb2.SEARCH_MODE_LEXICAL,
-    "dense": common_pb2.SEARCH_MODE_DENSE,
-}
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -251,12 +246,14 @@ def ask(
     timeout: Annotated[float, typer.Option(help="seconds")] = 120.0,
 ) -> None:
     """Ask a question: streams the answer, then prints its citations."""
-    if mode not in MODES:
-        raise _fail(f"--mode must be one of {', '.join(MODES)}", code=2)
+    if mode not in set(SearchMode):
+        raise _fail(f"--mode must be one of {', '.join(SearchMode)}", code=2)
     request = gateway_pb2.AskRequest(
         question=question,
         retrieval=gateway_pb2.RetrievalOptions(
-            top_k=top_k, mode=MODES[mode], filter=common_pb2.Filter(tenant=tenant)
+            top_k=top_k,
+            mode=search_mode_to_proto(SearchMode(mode)),
+            filter=common_pb2.Filter(tenant=tenant),
         ),
         max_tokens=max_tokens,
     )
@@ -264,10 +261,11 @@ def ask(
 
 
 async def _index_is_empty(settings: FleetSettings) -> bool:
-    async with insecure_channel(settings.address(settings.retriever_port)) as channel:
-        stats = await retriever_pb2_grpc.RetrieverServiceStub(channel).GetStats(
-            retriever_pb2.GetStatsRequest(), timeout=10
-        )
+    client = RetrieverClient.connect(settings.address(settings.retriever_port))
+    try:
+        stats = await client.stats(Deadline.after(10))
+    finally:
+        await client.close()
     return stats.chunks == 0
 
 

@@ -15,6 +15,7 @@ query once per side.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -32,9 +33,9 @@ from ragfleet.chunking import (
     ChunkingConfig,
     ChunkingStrategy,
     DocumentChunker,
-    TextChunk,
     load_embedder_tokenizer,
 )
+from ragfleet.domain import Chunk
 from ragfleet.eval.beir import BeirDataset
 from ragfleet.eval.config import NO_RERANKER, RetrievalConfig, SearchMode
 from ragfleet.eval.metrics import RetrievalMetrics, evaluate_run
@@ -155,7 +156,7 @@ class CorpusIndex:
         self.chunking = chunking
         self._lexical: dict[str, _Candidates] = {}
         self._dense: dict[str, _Candidates] = {}
-        self._chunks: dict[str, TextChunk] = {}
+        self._chunks: dict[str, Chunk] = {}
 
     @classmethod
     def open_or_build(
@@ -169,7 +170,6 @@ class CorpusIndex:
     ) -> CorpusIndex:
         """Opens the cached index for (dataset, encoder, chunking), building it first when
         absent or incomplete. ``tokenizer`` is called only to build a ``tokens`` chunking."""
-        from ragfleet_retriever.domain import Chunk
         from ragfleet_retriever.embedded.backend import EmbeddedBackend
 
         folder = (
@@ -194,18 +194,10 @@ class CorpusIndex:
         backend = EmbeddedBackend.open(folder / "index", dimension=encoder.dimension)
         for start in range(0, len(chunks), _EMBED_BATCH):
             batch = chunks[start : start + _EMBED_BATCH]
-            vectors = encoder.encode_passages([c.passage for c in batch])
+            vectors = encoder.encode_passages([c.search_text for c in batch])
             backend.upsert(
                 [
-                    Chunk(
-                        id=c.id,
-                        text=c.text,
-                        source=c.source,
-                        title=c.title,
-                        section=c.section,
-                        metadata=c.metadata,
-                        vector=tuple(float(x) for x in vector),
-                    )
+                    dataclasses.replace(c, vector=tuple(float(x) for x in vector))
                     for c, vector in zip(batch, vectors, strict=True)
                 ]
             )
@@ -238,13 +230,11 @@ class CorpusIndex:
             memo[query_id] = held
         return held.hits[:k]
 
-    def chunks(self, ids: Sequence[str]) -> list[TextChunk]:
+    def chunks(self, ids: Sequence[str]) -> list[Chunk]:
         """The stored chunks with ``ids``, in order."""
         missing = [i for i in ids if i not in self._chunks]
         for chunk_id, c in self.backend.fetch(missing).items():
-            self._chunks[chunk_id] = TextChunk(
-                id=c.id, text=c.text, source=c.source, title=c.title, section=c.section
-            )
+            self._chunks[chunk_id] = dataclasses.replace(c, vector=())
         return [self._chunks[i] for i in ids]
 
     def close(self) -> None:
@@ -409,10 +399,10 @@ def _load_reranker(spec: str) -> Reranker:
     return load_reranker(spec)
 
 
-def _best_chunk_per_document(index: CorpusIndex, chunk_ids: Sequence[str]) -> dict[str, TextChunk]:
+def _best_chunk_per_document(index: CorpusIndex, chunk_ids: Sequence[str]) -> dict[str, Chunk]:
     """Document id -> its best chunk, in the order of each document's best chunk (so a document
     scores as its best chunk does)."""
-    best: dict[str, TextChunk] = {}
+    best: dict[str, Chunk] = {}
     for chunk in index.chunks(chunk_ids):
         best.setdefault(chunk.source, chunk)
     return best
@@ -422,12 +412,12 @@ def _rerank(
     reranker: Reranker,
     query: str,
     documents: list[str],
-    best: Mapping[str, TextChunk],
+    best: Mapping[str, Chunk],
     depth: int,
 ) -> list[str]:
     """The first ``depth`` documents reordered by the reranker's score of their best chunk
     (a stable sort, so ties keep the first-stage order), then the rest unchanged."""
     head = documents[:depth]
-    scores = reranker.score(query, [best[d].passage for d in head])
+    scores = reranker.score(query, [best[d].search_text for d in head])
     order = sorted(range(len(head)), key=lambda i: -scores[i])
     return [head[i] for i in order] + documents[depth:]

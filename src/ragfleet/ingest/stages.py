@@ -25,8 +25,11 @@ from ragfleet.chunking import (
     DocumentChunker,
     load_embedder_tokenizer,
 )
+from ragfleet.clients import Blocking, EmbedderClient
+from ragfleet.domain import InputType
 from ragfleet.ingest.domain import ItemKind, SourceItem
 from ragfleet.ingest.sources import ItemError, ReadLimits, load_text
+from ragfleet.runtime.channels import Deadline
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -152,7 +155,7 @@ def _document_rows(
             "n_chunks": len(chunks),
             "chunk_id": chunk.id,
             "text": chunk.text,
-            "passage": chunk.passage,
+            "passage": chunk.search_text,
             "title": chunk.title,
             "section": chunk.section,
             "metadata": json.dumps(dict(chunk.metadata), sort_keys=True),
@@ -214,12 +217,8 @@ class PassageEmbedder:
             torch.set_num_threads(max(1, spec.threads))
             self._model = SentenceTransformer(spec.model_path, device="cpu", local_files_only=True)
         else:
-            import grpc
-
-            from ragfleet.embedder.v1 import embedder_pb2_grpc
-
-            self._channel = grpc.insecure_channel(spec.address)
-            self._stub = embedder_pb2_grpc.EmbedderServiceStub(self._channel)
+            self._runner = Blocking()
+            self._client = self._runner.connect(lambda: EmbedderClient.connect(spec.address))
 
     def _encode_local(self, texts: list[str]) -> NDArray[np.float32]:
         assert self._model is not None
@@ -232,16 +231,11 @@ class PassageEmbedder:
         return np.asarray(vectors, dtype=np.float32)
 
     def _encode_remote(self, texts: list[str]) -> NDArray[np.float32]:
-        from ragfleet.embedder.v1 import embedder_pb2
-
-        out: list[list[float]] = []
+        out: list[tuple[float, ...]] = []
         for start in range(0, len(texts), self._spec.batch_size):
-            request = embedder_pb2.EmbedRequest(
-                texts=texts[start : start + self._spec.batch_size],
-                input_type=embedder_pb2.INPUT_TYPE_PASSAGE,
-            )
-            reply = self._stub.Embed(request, timeout=self._spec.timeout_s)
-            out += [list(e.values) for e in reply.embeddings]
+            batch = texts[start : start + self._spec.batch_size]
+            deadline = Deadline.after(self._spec.timeout_s)
+            out += self._runner.run(self._client.embed(batch, InputType.PASSAGE, deadline))
         return np.asarray(out, dtype=np.float32).reshape(len(texts), self._spec.dimension)
 
     def __call__(self, batch: Batch) -> Batch:

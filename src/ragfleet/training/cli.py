@@ -56,7 +56,7 @@ def hybrid_ranker(dataset: BeirDataset, cache_dir: Path) -> Ranker:
 def lexical_ranker(dataset: BeirDataset, index_dir: Path) -> Ranker:
     """Ranks query texts over ``dataset``'s corpus by BM25 alone (the retriever's tantivy index,
     built in ``index_dir`` in seconds: no embeddings), for mining without the embedding cost."""
-    from ragfleet_retriever.domain import Chunk
+    from ragfleet.domain import Chunk
     from ragfleet_retriever.embedded.backend import EmbeddedBackend
 
     backend = EmbeddedBackend.open(index_dir)

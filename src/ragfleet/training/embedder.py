@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ragfleet.domain import default_embedding_model_path
 from ragfleet.eval.beir import BeirDataset
 from ragfleet.runtime.errors import FailedPrecondition, InvalidInput
 from ragfleet.training.loop import optimise, require_in_range
@@ -138,9 +139,7 @@ def train_embedder(
     except ImportError as exc:
         raise FailedPrecondition(f"training an embedder needs {INSTALL_HINT}") from exc
     if base_model is None:
-        from ragfleet_embedder.model import default_model_path
-
-        base_model = default_model_path()
+        base_model = default_embedding_model_path()
 
     rng = random.Random(config.seed)
     torch.manual_seed(config.seed)

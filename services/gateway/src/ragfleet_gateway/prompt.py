@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from ragfleet_gateway.domain import ChatMessage, Citation, Hit, Source
+from ragfleet.domain import ChatMessage, Hit
+from ragfleet_gateway.domain import Citation, Source
 
 # "[2]", "[1, 3]" and "[1][2]" all cite; a number outside 1..n is the model's mistake, not a source.
 _CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")

@@ -10,12 +10,16 @@ from typing import Any
 
 import grpc
 
-from ragfleet.common.v1 import common_pb2
-from ragfleet.fusion import FusionMethod
+from ragfleet.domain import (
+    TokenEvent,
+    fusion_from_proto,
+    hit_to_proto,
+    search_mode_from_proto,
+    usage_to_proto,
+)
 from ragfleet.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from ragfleet.runtime.clients import Deadline
+from ragfleet.runtime.channels import Deadline
 from ragfleet.runtime.errors import InvalidInput
-from ragfleet_gateway.clients import chunk_to_proto
 from ragfleet_gateway.domain import (
     Answer,
     AnswerEvent,
@@ -23,30 +27,15 @@ from ragfleet_gateway.domain import (
     AskRequest,
     AttemptOutcome,
     Document,
-    Hit,
     RestartEvent,
     RetrievalRequest,
-    SearchMode,
     SourcesEvent,
     StageTiming,
-    TokenEvent,
 )
 from ragfleet_gateway.ingest_jobs import IngestJobs, JobRequest
 from ragfleet_gateway.pipeline import RagPipeline
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-_MODES = {
-    common_pb2.SEARCH_MODE_UNSPECIFIED: None,
-    common_pb2.SEARCH_MODE_LEXICAL: SearchMode.LEXICAL.value,
-    common_pb2.SEARCH_MODE_DENSE: SearchMode.DENSE.value,
-    common_pb2.SEARCH_MODE_HYBRID: SearchMode.HYBRID.value,
-}
-_FUSIONS = {
-    common_pb2.FUSION_METHOD_UNSPECIFIED: None,
-    common_pb2.FUSION_METHOD_RRF: FusionMethod.RRF.value,
-    common_pb2.FUSION_METHOD_WEIGHTED: FusionMethod.WEIGHTED.value,
-}
 
 
 def deadline_of(context: Context, cap_s: float) -> Deadline:
@@ -56,14 +45,12 @@ def deadline_of(context: Context, cap_s: float) -> Deadline:
 
 
 def retrieval_request(options: gateway_pb2.RetrievalOptions) -> RetrievalRequest:
-    if options.mode not in _MODES:
-        raise InvalidInput(f"retrieval.mode: unknown SearchMode value {options.mode}")
-    if options.fusion.method not in _FUSIONS:
-        raise InvalidInput(f"retrieval.fusion.method: unknown FusionMethod {options.fusion.method}")
+    mode = search_mode_from_proto(options.mode, "retrieval.mode")
+    fusion = fusion_from_proto(options.fusion.method, "retrieval.fusion.method")
     return RetrievalRequest(
         top_k=options.top_k if options.HasField("top_k") else None,
-        mode=_MODES[options.mode],
-        fusion=_FUSIONS[options.fusion.method],
+        mode=None if mode is None else mode.value,
+        fusion=None if fusion is None else fusion.value,
         rrf_k=options.fusion.rrf_k,
         dense_weight=(
             options.fusion.dense_weight if options.fusion.HasField("dense_weight") else None
@@ -72,15 +59,6 @@ def retrieval_request(options: gateway_pb2.RetrievalOptions) -> RetrievalRequest
         equals=dict(options.filter.equals),
         rerank=options.rerank if options.HasField("rerank") else None,
         rerank_depth=options.rerank_depth if options.HasField("rerank_depth") else None,
-    )
-
-
-def hit_to_proto(hit: Hit) -> common_pb2.ScoredChunk:
-    return common_pb2.ScoredChunk(
-        chunk=chunk_to_proto(hit.chunk),
-        score=hit.score,
-        lexical_rank=hit.lexical_rank,
-        dense_rank=hit.dense_rank,
     )
 
 
@@ -97,7 +75,6 @@ def _timings(timings: list[StageTiming]) -> list[gateway_pb2.StageTiming]:
 
 
 def answer_to_proto(answer: Answer) -> gateway_pb2.Answer:
-    u = answer.usage
     return gateway_pb2.Answer(
         text=answer.text,
         citations=[
@@ -111,13 +88,7 @@ def answer_to_proto(answer: Answer) -> gateway_pb2.Answer:
             for c in answer.citations
         ],
         model=answer.model,
-        usage=common_pb2.Usage(
-            prompt_tokens=u.prompt_tokens,
-            completion_tokens=u.completion_tokens,
-            time_to_first_token_ms=u.time_to_first_token_ms,
-            total_ms=u.total_ms,
-            tokens_per_second=u.tokens_per_second,
-        ),
+        usage=usage_to_proto(answer.usage),
         timings=_timings(answer.timings),
         degraded=answer.degraded,
         degraded_reasons=answer.degraded_reasons,

@@ -139,15 +139,16 @@ class GatewaySettings(ServiceSettings):
     # --- retrieval -----------------------------------------------------------------------
     default_top_k: int = Field(default=5, ge=1)
     max_top_k: int = Field(default=50, ge=1, description="largest top_k a request may ask for")
-    candidate_k: int = Field(
-        default=50, ge=1, description="hits fetched from each of the lexical and dense lists"
+    embed_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="longest the query embedding may take (at most half the time left); past "
+        "it the search is lexical only, marked degraded",
     )
-    default_mode: Literal["lexical", "dense", "hybrid"] = "hybrid"
-    default_fusion: Literal["rrf", "weighted"] = Field(
-        default="weighted", description="min-max weighted fusion measured best on SciFact"
+    default_mode: Literal["lexical", "dense", "hybrid"] = Field(
+        default="hybrid",
+        description="search mode of a request that sets none; the retriever fuses hybrid search",
     )
-    default_dense_weight: float = Field(default=0.5, ge=0, le=1)
-    default_rrf_k: int = Field(default=60, ge=1)
     rerank: bool = Field(
         default=False,
         description="rescore fused candidates with the embedder's Rerank unless a request says "

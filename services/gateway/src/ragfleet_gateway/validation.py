@@ -24,15 +24,10 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
-from ragfleet.fusion import FusionMethod
+from ragfleet.domain import SearchMode
+from ragfleet.fusion import FusionMethod, check_options
 from ragfleet.runtime.errors import InvalidInput
-from ragfleet_gateway.domain import (
-    AskRequest,
-    Document,
-    RetrievalOptions,
-    RetrievalRequest,
-    SearchMode,
-)
+from ragfleet_gateway.domain import AskRequest, Document, RetrievalOptions, RetrievalRequest
 from ragfleet_gateway.settings import GatewaySettings
 
 CONTENT_TYPES = ("text/markdown", "text/plain", "text/html")
@@ -104,13 +99,15 @@ def resolve_retrieval(request: RetrievalRequest, settings: GatewaySettings) -> R
             f"retrieval.top_k must be between 1 and {settings.max_top_k}; got {request.top_k}"
         )
     mode = _choice(request.mode, SearchMode, settings.default_mode, "retrieval.mode")
-    fusion = _choice(request.fusion, FusionMethod, settings.default_fusion, "retrieval.fusion")
-    weight = settings.default_dense_weight if request.dense_weight is None else request.dense_weight
-    if not (math.isfinite(weight) and 0.0 <= weight <= 1.0):
-        raise InvalidInput(f"retrieval.fusion.dense_weight must be in [0, 1]; got {weight}")
-    rrf_k = settings.default_rrf_k if not request.rrf_k else request.rrf_k
-    if rrf_k < 1:
-        raise InvalidInput(f"retrieval.fusion.rrf_k must be at least 1; got {request.rrf_k}")
+    fusion = (
+        _choice(request.fusion, FusionMethod, request.fusion, "retrieval.fusion")
+        if request.fusion
+        else None
+    )
+    try:
+        check_options(request.rrf_k or None, request.dense_weight)
+    except InvalidInput as exc:
+        raise InvalidInput(f"retrieval.fusion.{exc.message}") from None
     depth = settings.rerank_depth if request.rerank_depth is None else request.rerank_depth
     if not 1 <= depth <= settings.max_rerank_depth:
         raise InvalidInput(
@@ -122,9 +119,8 @@ def resolve_retrieval(request: RetrievalRequest, settings: GatewaySettings) -> R
         top_k=top_k,
         mode=mode,
         fusion=fusion,
-        rrf_k=rrf_k,
-        dense_weight=weight,
-        candidate_k=max(settings.candidate_k, top_k, depth),
+        rrf_k=request.rrf_k or None,
+        dense_weight=request.dense_weight,
         tenant=request.tenant,
         equals=dict(request.equals),
         rerank_depth=depth,

@@ -7,12 +7,12 @@ import asyncio
 from dataclasses import dataclass, field
 
 from ragfleet.runtime.server import GrpcService
-from ragfleet_gateway.clients import Upstreams
 from ragfleet_gateway.ingest_jobs import IngestJobs
 from ragfleet_gateway.pipeline import RagPipeline
 from ragfleet_gateway.rest import create_app
 from ragfleet_gateway.server import RestServer, build_rest_server, build_server
 from ragfleet_gateway.settings import GatewaySettings
+from ragfleet_gateway.upstreams import Upstreams
 
 
 @dataclass

@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
+from ragfleet.domain import Chunk, Filter
 from ragfleet.fusion import FusionMethod
-from ragfleet_retriever.domain import Chunk, Filter, IndexStats, ScoredId
+from ragfleet_retriever.domain import IndexStats, ScoredId
 
 
 class IndexBackend(Protocol):

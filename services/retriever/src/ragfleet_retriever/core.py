@@ -9,54 +9,21 @@ them in one worker thread and the event loop stays free. A backend that implemen
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from ragfleet.fusion import FusedHit, FusionMethod, make_fuser
+from ragfleet.domain import Chunk, Filter, Hit, SearchMode, SearchQuery, SearchResult
+from ragfleet.fusion import FusedHit, check_options, make_fuser
 from ragfleet.runtime.errors import InvalidInput, Unavailable
 from ragfleet_retriever.backend import IndexBackend, ServerSideHybrid
 from ragfleet_retriever.domain import (
-    MATCH_ALL,
     MAX_ID_BYTES,
     MAX_METADATA_VALUE_CHARS,
     METADATA_KEY_PATTERN,
-    Chunk,
-    Filter,
-    Hit,
     IndexStats,
-    SearchMode,
 )
 from ragfleet_retriever.settings import RetrieverSettings
-
-
-@dataclass(frozen=True, slots=True)
-class SearchQuery:
-    """A search request; None means the service default for that field.
-
-    ``query`` is required for lexical and hybrid modes, ``vector`` for dense and hybrid modes.
-    ``candidate_k`` is how many results each sub-search of a hybrid search contributes to the
-    fusion (raised to ``top_k`` when smaller). ``fusion``, ``rrf_k`` and ``dense_weight`` only
-    matter in hybrid mode but are validated in every mode.
-    """
-
-    query: str = ""
-    vector: Sequence[float] = ()
-    mode: SearchMode | None = None
-    top_k: int | None = None
-    candidate_k: int | None = None
-    fusion: FusionMethod | None = None
-    rrf_k: int | None = None
-    dense_weight: float | None = None
-    filter: Filter = field(default=MATCH_ALL)
-
-
-@dataclass(frozen=True, slots=True)
-class SearchResult:
-    hits: list[Hit]
-    mode: SearchMode
 
 
 def _check_vector(name: str, vector: Sequence[float], dimension: int) -> None:
@@ -134,10 +101,12 @@ class Retriever:
         dense_weight = (
             settings.default_dense_weight if request.dense_weight is None else request.dense_weight
         )
-        if not (math.isfinite(dense_weight) and 0.0 <= dense_weight <= 1.0):
-            raise InvalidInput(f"fusion.dense_weight: must be in [0, 1], got {dense_weight}")
         fusion = request.fusion or settings.default_fusion
         rrf_k = settings.default_rrf_k if request.rrf_k is None else request.rrf_k
+        try:
+            check_options(rrf_k, dense_weight)
+        except InvalidInput as exc:
+            raise InvalidInput(f"fusion.{exc.message}") from None
         fuser = make_fuser(fusion, rrf_k=rrf_k, dense_weight=dense_weight)
         _check_metadata("filter.equals", request.filter.equals)
         if mode in (SearchMode.LEXICAL, SearchMode.HYBRID):
@@ -154,14 +123,16 @@ class Retriever:
             _check_vector("query_vector", request.vector, backend.dimension)
         sub_k = max(candidate_k, top_k)
 
-        def run() -> list[Hit]:
+        def run() -> SearchResult:
             filter = request.filter
+            best_dense: float | None = None
             if mode is SearchMode.LEXICAL:
                 found = backend.search_lexical(request.query, top_k, filter)
                 fused = [FusedHit(h.id, h.score, i, 0) for i, h in enumerate(found, 1)]
             elif mode is SearchMode.DENSE:
                 found = backend.search_dense(request.vector, top_k, filter)
                 fused = [FusedHit(h.id, h.score, 0, i) for i, h in enumerate(found, 1)]
+                best_dense = max((h.score for h in found), default=None)
             else:
                 served = (
                     backend.search_hybrid(
@@ -177,24 +148,23 @@ class Retriever:
                     if isinstance(backend, ServerSideHybrid)
                     else None
                 )
-                fused = (
-                    [FusedHit(h.id, h.score, 0, 0) for h in served]
-                    if served is not None
-                    else fuser(
-                        backend.search_lexical(request.query, sub_k, filter),
-                        backend.search_dense(request.vector, sub_k, filter),
-                        top_k,
-                    )
-                )
+                if served is not None:
+                    fused = [FusedHit(h.id, h.score, 0, 0) for h in served]
+                else:
+                    lexical = backend.search_lexical(request.query, sub_k, filter)
+                    dense = backend.search_dense(request.vector, sub_k, filter)
+                    best_dense = max((h.score for h in dense), default=None)
+                    fused = fuser(lexical, dense, top_k)
             chunks = backend.fetch([hit.id for hit in fused])
             # A chunk deleted between the search and the fetch is left out, not reported empty.
-            return [
+            hits = [
                 Hit(chunks[hit.id], hit.score, hit.lexical_rank, hit.dense_rank)
                 for hit in fused
                 if hit.id in chunks
             ]
+            return SearchResult(hits, mode, best_dense)
 
-        return SearchResult(await asyncio.to_thread(run), mode)
+        return await asyncio.to_thread(run)
 
     async def upsert(self, chunks: Sequence[Chunk]) -> int:
         """Validates and upserts ``chunks`` (at most ``max_upsert_chunks``); durable on return.

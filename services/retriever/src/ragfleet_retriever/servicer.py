@@ -7,75 +7,24 @@ from typing import Any
 import grpc
 
 from ragfleet.common.v1 import common_pb2
-from ragfleet.fusion import FusionMethod
+from ragfleet.domain import (
+    Filter,
+    SearchQuery,
+    chunk_from_proto,
+    fusion_from_proto,
+    hit_to_proto,
+    search_mode_from_proto,
+    search_mode_to_proto,
+)
 from ragfleet.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from ragfleet.runtime.errors import InvalidInput
-from ragfleet_retriever.core import Retriever, SearchQuery
-from ragfleet_retriever.domain import Chunk, Filter, Hit, SearchMode
+from ragfleet_retriever.core import Retriever
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-_MODES: dict[int, SearchMode | None] = {
-    common_pb2.SEARCH_MODE_UNSPECIFIED: None,
-    common_pb2.SEARCH_MODE_LEXICAL: SearchMode.LEXICAL,
-    common_pb2.SEARCH_MODE_DENSE: SearchMode.DENSE,
-    common_pb2.SEARCH_MODE_HYBRID: SearchMode.HYBRID,
-}
-_MODE_PROTOS: dict[SearchMode, common_pb2.SearchMode.ValueType] = {
-    SearchMode.LEXICAL: common_pb2.SEARCH_MODE_LEXICAL,
-    SearchMode.DENSE: common_pb2.SEARCH_MODE_DENSE,
-    SearchMode.HYBRID: common_pb2.SEARCH_MODE_HYBRID,
-}
-_FUSIONS: dict[int, FusionMethod | None] = {
-    common_pb2.FUSION_METHOD_UNSPECIFIED: None,
-    common_pb2.FUSION_METHOD_RRF: FusionMethod.RRF,
-    common_pb2.FUSION_METHOD_WEIGHTED: FusionMethod.WEIGHTED,
-}
-
-
-def _enum(name: str, table: dict[int, Any], value: int) -> Any:
-    if value not in table:
-        raise InvalidInput(f"{name}: unknown value {value}; expected one of {sorted(table)}")
-    return table[value]
-
-
-def chunk_from_proto(chunk: common_pb2.Chunk) -> Chunk:
-    return Chunk(
-        id=chunk.id,
-        text=chunk.text,
-        source=chunk.source,
-        title=chunk.title,
-        section=chunk.section,
-        tenant=chunk.tenant,
-        metadata=dict(chunk.metadata),
-        vector=tuple(chunk.vector),
-    )
-
-
-def chunk_to_proto(chunk: Chunk) -> common_pb2.Chunk:
-    return common_pb2.Chunk(
-        id=chunk.id,
-        text=chunk.text,
-        source=chunk.source,
-        title=chunk.title,
-        section=chunk.section,
-        tenant=chunk.tenant,
-        metadata=dict(chunk.metadata),
-        vector=list(chunk.vector),
-    )
 
 
 def filter_from_proto(filter: common_pb2.Filter, source: str = "") -> Filter:
     return Filter(tenant=filter.tenant, source=source, equals=dict(filter.equals))
-
-
-def _hit_to_proto(hit: Hit) -> common_pb2.ScoredChunk:
-    return common_pb2.ScoredChunk(
-        chunk=chunk_to_proto(hit.chunk),
-        score=hit.score,
-        lexical_rank=hit.lexical_rank,
-        dense_rank=hit.dense_rank,
-    )
 
 
 class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
@@ -104,17 +53,19 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         query = SearchQuery(
             query=request.query,
             vector=tuple(request.query_vector),
-            mode=_enum("mode", _MODES, request.mode),
+            mode=search_mode_from_proto(request.mode),
             top_k=request.top_k if request.HasField("top_k") else None,
             candidate_k=request.candidate_k or None,
-            fusion=_enum("fusion.method", _FUSIONS, fusion.method),
+            fusion=fusion_from_proto(fusion.method),
             rrf_k=fusion.rrf_k or None,
             dense_weight=fusion.dense_weight if fusion.HasField("dense_weight") else None,
             filter=filter_from_proto(request.filter),
         )
         result = await self._core.search(query)
         return retriever_pb2.SearchResponse(
-            hits=[_hit_to_proto(hit) for hit in result.hits], mode=_MODE_PROTOS[result.mode]
+            hits=[hit_to_proto(hit) for hit in result.hits],
+            mode=search_mode_to_proto(result.mode),
+            best_dense_score=result.best_dense_score,
         )
 
     async def Upsert(

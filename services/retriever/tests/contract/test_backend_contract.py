@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ragfleet.domain import Chunk, Filter
 from ragfleet.runtime.errors import FailedPrecondition, InvalidInput
 from ragfleet_retriever.backend import IndexBackend
-from ragfleet_retriever.domain import Chunk, Filter, ScoredId
+from ragfleet_retriever.domain import ScoredId
 from ragfleet_retriever.embedded import EmbeddedBackend
 from ragfleet_retriever.opensearch.client import make_client
 from ragfleet_retriever.server import open_opensearch

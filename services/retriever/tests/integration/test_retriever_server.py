@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ragfleet.common.v1 import common_pb2
 from ragfleet.retriever.v1 import retriever_pb2, retriever_pb2_grpc
-from ragfleet.runtime.clients import insecure_channel
+from ragfleet.runtime.channels import insecure_channel
 from ragfleet.runtime.server import GrpcService
 from ragfleet_retriever.core import Retriever
 from ragfleet_retriever.server import build_core, build_server
@@ -116,6 +116,7 @@ async def test_lexical_search(stub: retriever_pb2_grpc.RetrieverServiceStub) -> 
     assert reply.hits[0].lexical_rank == 1
     assert reply.hits[0].dense_rank == 0
     assert not reply.hits[0].chunk.vector
+    assert not reply.HasField("best_dense_score")
 
 
 async def test_dense_search_finds_the_exact_vector(
@@ -150,6 +151,7 @@ async def test_hybrid_search_fuses_and_filters(
     assert set(top) == {"ops-1", "emb-1"}
     assert top["ops-1"].lexical_rank == 1
     assert top["emb-1"].dense_rank == 1
+    assert reply.best_dense_score == pytest.approx(1.0, abs=1e-4)
 
     request.filter.CopyFrom(common_pb2.Filter(tenant="acme", equals={"kind": "runbook"}))
     reply = await stub.Search(request)

@@ -7,10 +7,11 @@ from collections.abc import Sequence
 
 import pytest
 
+from ragfleet.domain import MATCH_ALL, Chunk, Filter, SearchMode, SearchQuery
 from ragfleet.fusion import FusionMethod
 from ragfleet.runtime.errors import InvalidInput, Unavailable
-from ragfleet_retriever.core import Retriever, SearchQuery
-from ragfleet_retriever.domain import MATCH_ALL, Chunk, Filter, IndexStats, ScoredId, SearchMode
+from ragfleet_retriever.core import Retriever
+from ragfleet_retriever.domain import IndexStats, ScoredId
 from ragfleet_retriever.settings import RetrieverSettings
 
 pytestmark = pytest.mark.unit
@@ -126,6 +127,20 @@ async def test_hybrid_is_the_default_and_fuses_both_lists(core: Retriever) -> No
     assert [(kind, k) for kind, k, _ in backend.calls] == [("lexical", 3), ("dense", 3)]
 
 
+async def test_best_dense_score_is_the_dense_lists_top_cosine(core: Retriever) -> None:
+    """The gateway's relevance gate reads it: the top of the dense list, which may fall outside
+    the fused top_k; absent when no dense list was searched."""
+    hybrid = await core.search(
+        SearchQuery(query="gamma delta", vector=(0.1, 0.9, 0.0), top_k=1, dense_weight=0.0)
+    )
+    assert [h.chunk.id for h in hybrid.hits] == ["c"]
+    assert hybrid.best_dense_score == pytest.approx(0.9)
+    dense = await core.search(SearchQuery(vector=(0.1, 0.9, 0.0), mode=SearchMode.DENSE))
+    assert dense.best_dense_score == pytest.approx(0.9)
+    lexical = await core.search(SearchQuery(query="gamma", mode=SearchMode.LEXICAL))
+    assert lexical.best_dense_score is None
+
+
 async def test_filter_reaches_both_sub_searches(core: Retriever) -> None:
     backend = core.backend
     assert isinstance(backend, FakeBackend)
@@ -154,7 +169,7 @@ async def test_filter_reaches_both_sub_searches(core: Retriever) -> None:
         ),
         (
             SearchQuery(query="alpha", mode=SearchMode.LEXICAL, fusion=FusionMethod.RRF, rrf_k=-1),
-            "rrf_k",
+            "fusion.rrf_k",
         ),
         (
             SearchQuery(query="alpha", mode=SearchMode.LEXICAL, dense_weight=-0.1),

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ragfleet.domain import Chunk, Filter
 from ragfleet.runtime.errors import FailedPrecondition
-from ragfleet_retriever.domain import Chunk, Filter
 from ragfleet_retriever.embedded import EmbeddedBackend
 
 pytestmark = pytest.mark.unit
@@ -140,4 +140,4 @@ def test_dimension_is_fixed_at_creation(tmp_path: Path) -> None:
     ],
 )
 def test_bm25_reads_title_section_and_text_once_each(fields: dict[str, str], expected: str) -> None:
-    assert Chunk(id="c", **fields).lexical_text == expected  # type: ignore[arg-type]
+    assert Chunk(id="c", **fields).search_text == expected  # type: ignore[arg-type]

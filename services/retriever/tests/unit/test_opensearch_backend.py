@@ -17,6 +17,7 @@ from opensearchpy import OpenSearch
 from opensearchpy.connection.base import Connection
 from pydantic import ValidationError
 
+from ragfleet.domain import Chunk, Filter
 from ragfleet.fusion import FusionMethod
 from ragfleet.runtime.errors import (
     DeadlineExceeded,
@@ -27,7 +28,6 @@ from ragfleet.runtime.errors import (
     Unavailable,
 )
 from ragfleet_retriever.backend import IndexBackend, ServerSideHybrid
-from ragfleet_retriever.domain import Chunk, Filter
 from ragfleet_retriever.opensearch import OpenSearchBackend, bodies
 from ragfleet_retriever.opensearch.bodies import IndexLayout, Version
 from ragfleet_retriever.opensearch.client import address_of

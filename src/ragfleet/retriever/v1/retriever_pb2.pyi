@@ -161,7 +161,13 @@ class SearchResponse(_message.Message):
 
     HITS_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
+    BEST_DENSE_SCORE_FIELD_NUMBER: _builtins.int
     mode: _common_pb2.SearchMode.ValueType
+    best_dense_score: _builtins.float
+    """The highest cosine similarity in the dense list (dense and hybrid modes): an absolute
+    measure of whether anything relevant was found, which fused and BM25 scores are not.
+    Unset in lexical mode and when the index server fused a hybrid search itself.
+    """
     @_builtins.property
     def hits(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ScoredChunk]: ...
     def __init__(
@@ -169,12 +175,15 @@ class SearchResponse(_message.Message):
         *,
         hits: _abc.Iterable[_common_pb2.ScoredChunk] | None = ...,
         mode: _common_pb2.SearchMode.ValueType = ...,
+        best_dense_score: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_best_dense_score", b"_best_dense_score", "best_dense_score", b"best_dense_score"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hits", b"hits", "mode", b"mode"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_best_dense_score", b"_best_dense_score", "best_dense_score", b"best_dense_score", "hits", b"hits", "mode", b"mode"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__best_dense_score: _TypeAlias = _typing.Literal["best_dense_score"]  # noqa: Y015
+    _WhichOneofArgType__best_dense_score: _TypeAlias = _typing.Literal["_best_dense_score", b"_best_dense_score"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__best_dense_score) -> _WhichOneofReturnType__best_dense_score | None: ...
 
 Global___SearchResponse: _TypeAlias = SearchResponse  # noqa: Y015
 

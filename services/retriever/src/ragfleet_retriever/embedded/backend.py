@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ragfleet.domain import MATCH_ALL, Chunk, Filter
 from ragfleet.runtime.errors import FailedPrecondition, InvalidInput
 from ragfleet.runtime.logging import get_logger
-from ragfleet_retriever.domain import MATCH_ALL, Chunk, Filter, IndexStats, ScoredId
+from ragfleet_retriever.domain import IndexStats, ScoredId
 from ragfleet_retriever.embedded.catalog import Catalog, StoredRef, digest
 from ragfleet_retriever.embedded.dense import DenseIndex, VectorDtype, VectorEntry
 from ragfleet_retriever.embedded.lexical import SCHEMA_VERSION, LexicalIndex

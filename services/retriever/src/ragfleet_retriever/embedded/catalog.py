@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ragfleet_retriever.domain import Chunk, Filter
+from ragfleet.domain import Chunk, Filter
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (

@@ -26,7 +26,7 @@ from typing import Literal, cast
 import numpy as np
 from usearch.index import Index
 
-from ragfleet_retriever.domain import Filter
+from ragfleet.domain import Filter
 
 VectorDtype = Literal["f32", "i8"]
 

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import tantivy
 
-from ragfleet_retriever.domain import Chunk, Filter, ScoredId
+from ragfleet.domain import Chunk, Filter
+from ragfleet_retriever.domain import ScoredId
 
 # Bump when the schema or analysis changes: an index written with another version is rebuilt.
-SCHEMA_VERSION = "2"  # 2: the section path is indexed once (Chunk.lexical_text)
+SCHEMA_VERSION = "2"  # 2: the section path is indexed once (Chunk.search_text)
 
 # Metadata pairs are indexed as one raw term "key<US>value"; the ASCII unit separator cannot be
 # confused with ordinary key or value characters.
@@ -56,7 +57,7 @@ class LexicalIndex:
     def _document(self, chunk: Chunk) -> tantivy.Document:
         document = tantivy.Document()
         document.add_text("id", chunk.id)
-        document.add_text("body", chunk.lexical_text)
+        document.add_text("body", chunk.search_text)
         document.add_text("tenant", chunk.tenant)
         document.add_text("source", chunk.source)
         for key, value in chunk.metadata.items():

@@ -22,6 +22,7 @@ from typing import Any
 from opensearchpy import OpenSearch
 from opensearchpy.exceptions import NotFoundError, RequestError
 
+from ragfleet.domain import MATCH_ALL, Chunk, Filter
 from ragfleet.fusion import DEFAULT_DENSE_WEIGHT, DEFAULT_RRF_K, FusionMethod
 from ragfleet.runtime.errors import (
     FailedPrecondition,
@@ -31,7 +32,7 @@ from ragfleet.runtime.errors import (
     Unavailable,
 )
 from ragfleet.runtime.logging import get_logger
-from ragfleet_retriever.domain import MATCH_ALL, Chunk, Filter, IndexStats, ScoredId
+from ragfleet_retriever.domain import IndexStats, ScoredId
 from ragfleet_retriever.opensearch import bodies
 from ragfleet_retriever.opensearch.bodies import IndexLayout, JsonObject, Version
 from ragfleet_retriever.opensearch.client import translated_errors

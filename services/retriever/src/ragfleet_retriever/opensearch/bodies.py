@@ -11,13 +11,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from ragfleet.domain import Chunk, Filter
 from ragfleet.fusion import FusionMethod
-from ragfleet_retriever.domain import Chunk, Filter
 from ragfleet_retriever.settings import KnnEngine, SpaceType
 
 JsonObject = dict[str, Any]
 
-# Field names in the index. ``body`` is the BM25 field, ``Chunk.lexical_text``, as the
+# Field names in the index. ``body`` is the BM25 field, ``Chunk.search_text``, as the
 # embedded backend does (on SciFact one concatenated field scored 0.684 nDCG@10 against 0.666
 # for separate fields; DESIGN.md section 4).
 BODY = "body"
@@ -209,7 +209,7 @@ def document(chunk: Chunk, space_type: SpaceType) -> JsonObject:
         "title": chunk.title,
         "section": chunk.section,
         "text": chunk.text,
-        BODY: chunk.lexical_text,
+        BODY: chunk.search_text,
         METADATA: dict(chunk.metadata),
     }
     if chunk.vector:

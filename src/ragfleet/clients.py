@@ -1,47 +1,54 @@
-"""Typed clients of the embedder, retriever and generator, and the set of them (``Upstreams``).
+"""One typed client per service: the embedder, the retriever and the generator, as the gateway,
+the ingestion pipeline, evaluation and the CLI call them.
 
-Every call takes the request's ``Deadline`` and sends the time left as its gRPC timeout. Failures
-become domain errors naming the upstream (``from_rpc_error``). Idempotent unary calls are retried
-on UNAVAILABLE only, a few times with a short backoff and never past the deadline; the streaming
-``Generate`` is never retried here: ``ragfleet_gateway.fallback`` decides, from the error kind
-``generation_error`` keeps.
+Every call takes a ``Deadline`` and sends the time left as its gRPC timeout. Failures become
+domain errors naming the upstream (``from_rpc_error``). Idempotent unary calls are retried on
+UNAVAILABLE only, a few times with a short backoff and never past the deadline; the streaming
+``Generate`` is never retried here: the caller decides, from the error kind ``generation_error``
+keeps. The clients are asynchronous; ``Blocking`` runs them from synchronous code (Ray Data
+actors, the ingest driver) on an event loop of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TypeVar
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, Self, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from ragfleet.common.v1 import common_pb2
+from ragfleet.domain import (
+    Chunk,
+    GenerationDone,
+    GenerationEvent,
+    GenerationParams,
+    InputType,
+    SearchMode,
+    SearchQuery,
+    SearchResult,
+    TokenEvent,
+    chunk_to_proto,
+    fusion_to_proto,
+    hit_from_proto,
+    search_mode_to_proto,
+    usage_from_proto,
+)
 from ragfleet.embedder.v1 import embedder_pb2, embedder_pb2_grpc
 from ragfleet.generator.v1 import generator_pb2, generator_pb2_grpc
 from ragfleet.retriever.v1 import retriever_pb2, retriever_pb2_grpc
-from ragfleet.runtime.clients import Deadline, insecure_channel
+from ragfleet.runtime.channels import Deadline, insecure_channel
 from ragfleet.runtime.errors import (
     DeadlineExceeded,
+    InvalidInput,
     RagfleetError,
     ResourceExhausted,
     Unavailable,
     from_rpc_error,
 )
-from ragfleet_gateway.domain import (
-    Chunk,
-    GenerationDone,
-    GenerationEvent,
-    GenerationParams,
-    Hit,
-    InputType,
-    SearchMode,
-    TokenEvent,
-    Usage,
-)
-from ragfleet_gateway.settings import GatewaySettings
 
 _T = TypeVar("_T")
 
@@ -49,19 +56,15 @@ _INPUT_TYPES = {
     InputType.QUERY: embedder_pb2.INPUT_TYPE_QUERY,
     InputType.PASSAGE: embedder_pb2.INPUT_TYPE_PASSAGE,
 }
-_MODES = {
-    SearchMode.LEXICAL: common_pb2.SEARCH_MODE_LEXICAL,
-    SearchMode.DENSE: common_pb2.SEARCH_MODE_DENSE,
-    SearchMode.HYBRID: common_pb2.SEARCH_MODE_HYBRID,
-}
+DEFAULT_ATTEMPTS = 3
 
 
 def _is_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, grpc.aio.AioRpcError) and exc.code() is grpc.StatusCode.UNAVAILABLE
 
 
-class _Upstream:
-    """What the three clients share: a name for errors and the bounded retry of unary calls."""
+class _Client:
+    """What the clients share: a name for errors and the bounded retry of unary calls."""
 
     service_name: str = ""
 
@@ -69,6 +72,14 @@ class _Upstream:
         self._channel = channel
         self.label = f"{type(self).__name__.removesuffix('Client').lower()} at {address}"
         self._attempts = attempts
+
+    @classmethod
+    def connect(cls, address: str, attempts: int = DEFAULT_ATTEMPTS) -> Self:
+        """A client on a channel of its own (no I/O until the first call); ``close`` it."""
+        return cls(insecure_channel(address), address, attempts)
+
+    async def close(self) -> None:
+        await self._channel.close()
 
     async def _unary(
         self, stage: str, deadline: Deadline, call: Callable[[float], Awaitable[_T]]
@@ -88,7 +99,7 @@ class _Upstream:
             raise from_rpc_error(err, self.label) from err
 
     async def probe(self, timeout_s: float) -> str | None:
-        """None when the upstream reports SERVING, otherwise why not."""
+        """None when the service reports SERVING, otherwise why not."""
         stub = health_pb2_grpc.HealthStub(self._channel)
         try:
             reply = await stub.Check(
@@ -102,10 +113,12 @@ class _Upstream:
         return None
 
 
-class EmbedderClient(_Upstream):
+class EmbedderClient(_Client):
     service_name = "ragfleet.embedder.v1.EmbedderService"
 
-    def __init__(self, channel: grpc.aio.Channel, address: str, attempts: int = 3) -> None:
+    def __init__(
+        self, channel: grpc.aio.Channel, address: str, attempts: int = DEFAULT_ATTEMPTS
+    ) -> None:
         super().__init__(channel, address, attempts)
         self._stub = embedder_pb2_grpc.EmbedderServiceStub(channel)
 
@@ -136,72 +149,55 @@ class EmbedderClient(_Upstream):
         return list(reply.scores)
 
 
-def _chunk_from_proto(c: common_pb2.Chunk) -> Chunk:
-    return Chunk(
-        id=c.id,
-        text=c.text,
-        source=c.source,
-        title=c.title,
-        section=c.section,
-        tenant=c.tenant,
-        metadata=dict(c.metadata),
-    )
+@dataclass(frozen=True)
+class IndexStats:
+    chunks: int
+    sources: int
+    dimension: int
+    backend: str
 
 
-def chunk_to_proto(c: Chunk) -> common_pb2.Chunk:
-    """The proto of ``c``; an empty vector stays empty (text-only chunks, search results)."""
-    return common_pb2.Chunk(
-        id=c.id,
-        text=c.text,
-        source=c.source,
-        title=c.title,
-        section=c.section,
-        tenant=c.tenant,
-        metadata=dict(c.metadata),
-        vector=list(c.vector),
-    )
-
-
-class RetrieverClient(_Upstream):
+class RetrieverClient(_Client):
     service_name = "ragfleet.retriever.v1.RetrieverService"
 
-    def __init__(self, channel: grpc.aio.Channel, address: str, attempts: int = 3) -> None:
+    def __init__(
+        self, channel: grpc.aio.Channel, address: str, attempts: int = DEFAULT_ATTEMPTS
+    ) -> None:
         super().__init__(channel, address, attempts)
         self._stub = retriever_pb2_grpc.RetrieverServiceStub(channel)
 
-    async def search(
-        self,
-        mode: SearchMode,
-        top_k: int,
-        deadline: Deadline,
-        *,
-        query: str = "",
-        vector: Sequence[float] = (),
-        tenant: str = "",
-        equals: Mapping[str, str] | None = None,
-    ) -> list[Hit]:
-        """One ranked list (lexical or dense); ranks in the hits are set for that list."""
+    async def search(self, search: SearchQuery, deadline: Deadline) -> SearchResult:
+        if search.filter.source:
+            raise InvalidInput("filter.source: the Search RPC filters by tenant and metadata only")
         request = retriever_pb2.SearchRequest(
-            query=query,
-            query_vector=list(vector),
-            mode=_MODES[mode],
-            top_k=top_k,
-            filter=common_pb2.Filter(tenant=tenant, equals=dict(equals or {})),
+            query=search.query,
+            query_vector=list(search.vector),
+            mode=search_mode_to_proto(search.mode),
+            candidate_k=search.candidate_k or 0,
+            fusion=common_pb2.Fusion(
+                method=fusion_to_proto(search.fusion),
+                rrf_k=search.rrf_k or 0,
+                dense_weight=search.dense_weight,
+            ),
+            filter=common_pb2.Filter(
+                tenant=search.filter.tenant, equals=dict(search.filter.equals)
+            ),
         )
+        if search.top_k is not None:
+            request.top_k = search.top_k
         reply = await self._unary(
-            f"the {mode.value} search", deadline, lambda t: self._stub.Search(request, timeout=t)
+            "search", deadline, lambda t: self._stub.Search(request, timeout=t)
         )
-        return [
-            Hit(
-                chunk=_chunk_from_proto(h.chunk),
-                score=h.score,
-                lexical_rank=rank if mode is SearchMode.LEXICAL else 0,
-                dense_rank=rank if mode is SearchMode.DENSE else 0,
-            )
-            for rank, h in enumerate(reply.hits, start=1)
-        ]
+        return SearchResult(
+            hits=[hit_from_proto(h) for h in reply.hits],
+            mode=SearchMode.HYBRID if search.mode is None else search.mode,
+            best_dense_score=(
+                reply.best_dense_score if reply.HasField("best_dense_score") else None
+            ),
+        )
 
     async def upsert(self, chunks: Sequence[Chunk], deadline: Deadline) -> int:
+        """Upserts ``chunks`` (durable on return); returns how many distinct ids there were."""
         request = retriever_pb2.UpsertRequest(chunks=[chunk_to_proto(c) for c in chunks])
         reply = await self._unary(
             "upsert", deadline, lambda t: self._stub.Upsert(request, timeout=t)
@@ -218,10 +214,26 @@ class RetrieverClient(_Upstream):
         )
         return reply.deleted
 
+    async def delete_ids(self, ids: Sequence[str], deadline: Deadline) -> int:
+        """Deletes the chunks with ``ids`` (at most the retriever's ``max_delete_ids``)."""
+        request = retriever_pb2.DeleteRequest(ids=list(ids))
+        reply = await self._unary(
+            "delete", deadline, lambda t: self._stub.Delete(request, timeout=t)
+        )
+        return reply.deleted
+
+    async def stats(self, deadline: Deadline) -> IndexStats:
+        reply = await self._unary(
+            "stats",
+            deadline,
+            lambda t: self._stub.GetStats(retriever_pb2.GetStatsRequest(), timeout=t),
+        )
+        return IndexStats(reply.chunks, reply.sources, reply.dimension, reply.backend)
+
 
 def generation_error(err: grpc.aio.AioRpcError, upstream: str) -> RagfleetError:
     """Like ``from_rpc_error``, but keeps RESOURCE_EXHAUSTED retryable and reports codes other
-    than the retryable, deadline and client-mistake ones as a plain ``RagfleetError``, so the
+    than the retryable, deadline and client-mistake ones as a plain ``RagfleetError``, so a
     fallback chain retries exactly UNAVAILABLE and RESOURCE_EXHAUSTED."""
     code, details = err.code(), err.details() or ""
     if code is grpc.StatusCode.UNAVAILABLE:
@@ -235,7 +247,7 @@ def generation_error(err: grpc.aio.AioRpcError, upstream: str) -> RagfleetError:
     return RagfleetError(f"{upstream} failed ({code.name}): {details}")
 
 
-class GeneratorClient(_Upstream):
+class GeneratorClient(_Client):
     """Calls the generator through the Ray Serve gRPC proxy, which routes on the
     ``application`` metadata key."""
 
@@ -244,11 +256,17 @@ class GeneratorClient(_Upstream):
         channel: grpc.aio.Channel,
         address: str,
         application: str = "generator",
-        attempts: int = 3,
+        attempts: int = DEFAULT_ATTEMPTS,
     ) -> None:
         super().__init__(channel, address, attempts)
         self._stub = generator_pb2_grpc.GeneratorServiceStub(channel)
         self._metadata = (("application", application),)
+
+    @classmethod
+    def connect(
+        cls, address: str, attempts: int = DEFAULT_ATTEMPTS, application: str = "generator"
+    ) -> GeneratorClient:
+        return cls(insecure_channel(address), address, application, attempts)
 
     async def generate(
         self, params: GenerationParams, deadline: Deadline, reserve_s: float = 0.0
@@ -273,22 +291,24 @@ class GeneratorClient(_Upstream):
                 if kind == "token":
                     yield TokenEvent(reply.token.text)
                 elif kind == "done":
-                    u = reply.done.usage
                     yield GenerationDone(
                         model=reply.done.model,
                         finish_reason=reply.done.finish_reason,
-                        usage=Usage(
-                            prompt_tokens=u.prompt_tokens,
-                            completion_tokens=u.completion_tokens,
-                            time_to_first_token_ms=u.time_to_first_token_ms,
-                            total_ms=u.total_ms,
-                            tokens_per_second=u.tokens_per_second,
-                        ),
+                        usage=usage_from_proto(reply.done.usage),
                     )
         except grpc.aio.AioRpcError as err:
             raise generation_error(err, self.label) from err
         finally:
             call.cancel()
+
+    async def complete(self, params: GenerationParams, deadline: Deadline) -> str:
+        """The whole generated text (``generate`` collected)."""
+        parts = [
+            event.text
+            async for event in self.generate(params, deadline)
+            if isinstance(event, TokenEvent)
+        ]
+        return "".join(parts)
 
     async def probe(self, timeout_s: float) -> str | None:
         """The Ray Serve proxy has no grpc.health.v1 for an application: a ListModels call that
@@ -302,63 +322,30 @@ class GeneratorClient(_Upstream):
         return None
 
 
-@dataclass
-class Upstreams:
-    """The three clients and their channels; ``connect`` creates the channels (no I/O).
+class Blocking:
+    """Runs the asynchronous clients from synchronous code, on an event loop of its own (gRPC
+    channels belong to the loop they were made on, so clients are made through ``run`` too).
 
-    ``generator`` is the default generator; ``model_generators`` maps each model of the
-    fallback chain (``settings.models``) to the client of its own generator, one client per
-    distinct address and application.
+        runner = Blocking()
+        retriever = runner.connect(lambda: RetrieverClient.connect(address))
+        runner.run(retriever.upsert(chunks, Deadline.after(30)))
+        runner.run(retriever.close())
+        runner.close()
     """
 
-    embedder: EmbedderClient
-    retriever: RetrieverClient
-    generator: GeneratorClient
-    channels: list[grpc.aio.Channel]
-    model_generators: dict[str, GeneratorClient] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
 
-    @classmethod
-    def connect(cls, settings: GatewaySettings) -> Upstreams:
-        attempts = settings.upstream_retry_attempts
-        channels = [
-            insecure_channel(a)
-            for a in (
-                settings.embedder_address,
-                settings.retriever_address,
-                settings.generator_address,
-            )
-        ]
-        default = GeneratorClient(
-            channels[2], settings.generator_address, settings.generator_application, attempts
-        )
-        clients = {(settings.generator_address, settings.generator_application): default}
-        model_generators: dict[str, GeneratorClient] = {}
-        for link in settings.models:
-            key = (
-                link.address or settings.generator_address,
-                link.application or settings.generator_application,
-            )
-            if key not in clients:
-                channels.append(insecure_channel(key[0]))
-                clients[key] = GeneratorClient(channels[-1], key[0], key[1], attempts)
-            model_generators[link.name] = clients[key]
-        return cls(
-            embedder=EmbedderClient(channels[0], settings.embedder_address, attempts),
-            retriever=RetrieverClient(channels[1], settings.retriever_address, attempts),
-            generator=default,
-            channels=channels,
-            model_generators=model_generators,
-        )
+    def run(self, work: Coroutine[Any, Any, _T]) -> _T:
+        return self._loop.run_until_complete(work)
 
-    async def health(self, timeout_s: float) -> dict[str, str | None]:
-        """Per upstream name: None when it is SERVING, otherwise the reason."""
-        names = ("embedder", "retriever", "generator")
-        results = await asyncio.gather(
-            self.embedder.probe(timeout_s),
-            self.retriever.probe(timeout_s),
-            self.generator.probe(timeout_s),
-        )
-        return dict(zip(names, results, strict=True))
+    def connect(self, factory: Callable[[], _T]) -> _T:
+        """``factory()`` (e.g. ``lambda: RetrieverClient.connect(address)``) on this loop."""
 
-    async def close(self) -> None:
-        await asyncio.gather(*(c.close() for c in self.channels))
+        async def make() -> _T:
+            return factory()
+
+        return self.run(make())
+
+    def close(self) -> None:
+        self._loop.close()

