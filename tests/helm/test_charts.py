@@ -10,16 +10,21 @@ helm comes from .venv/bin/helm (tools/install_helm.sh, run by make install) or f
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
+import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
+from pydantic import TypeAdapter, ValidationError
 
 pytestmark = pytest.mark.unit
 
@@ -408,3 +413,96 @@ def test_every_chart_setting_is_a_setting_of_its_service(chart: str) -> None:
     if chart == "generator":  # gpu.vllm.<key> becomes the setting vllm_<key>
         keys |= {f"vllm_{key}" for key in values["gpu"]["vllm"]}
     assert keys <= set(fields)
+
+
+def _helm_schema() -> ModuleType:
+    """scripts/helm_schema.py, which writes each service chart's values.schema.json."""
+    name = "ragfleet_scripts_helm_schema"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / "helm_schema.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while it executes
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def test_values_schemas_are_current() -> None:
+    """helm/<service>/values.schema.json is generated from the chart's values.yaml and its
+    service's settings model; a change to either must be followed by regenerating it."""
+    message = _helm_schema().check()
+    assert message is None, message
+
+
+def test_schema_check_names_the_stale_chart(tmp_path: Path) -> None:
+    shutil.copytree(REPO / "helm", tmp_path / "helm", ignore=shutil.ignore_patterns("charts"))
+    (tmp_path / "helm" / "retriever" / "values.schema.json").write_text("{}\n")
+    message = _helm_schema().check(tmp_path)
+    assert message is not None
+    assert "retriever" in message and "embedder" not in message
+    assert "scripts/helm_schema.py" in message
+
+
+@pytest.mark.parametrize(
+    ("chart", "override", "offender"),
+    [
+        ("embedder", "settings.batch_sise=3", "batch_sise"),
+        ("embedder", "settings.batch_size=many", "batch_size"),
+        ("embedder", "settings.port=9000", "port"),  # set by the chart from ports.grpc
+        ("retriever", "settings.vector_dtype=f16", "vector_dtype"),
+        ("generator", "gpu.vllm.dtyp=half", "dtyp"),
+        ("ragfleet", "gateway.settings.log_level=LOUD", "log_level"),
+    ],
+)
+def test_schema_refuses_a_wrong_setting(
+    helm: Callable[..., subprocess.CompletedProcess[str]],
+    charts: Path,
+    chart: str,
+    override: str,
+    offender: str,
+) -> None:
+    result = helm("template", RELEASE, str(charts / chart), "--set", override, check=False)
+    assert result.returncode != 0
+    assert "schema" in result.stderr
+    assert offender in result.stderr
+
+
+def test_schema_takes_settings_written_as_strings(
+    helm: Callable[..., subprocess.CompletedProcess[str]], charts: Path
+) -> None:
+    """Settings become environment strings, so a value may also be written as one."""
+    strings = {
+        "batch_size": "16",
+        "max_batch_wait_ms": "0.5",
+        "normalize_embeddings": "false",
+        "reranker_allow_download": "yes",
+    }
+    args = ["template", RELEASE, str(charts / "embedder")]
+    for key, value in strings.items():
+        args += ["--set-string", f"settings.{key}={value}"]
+    objects = [doc for doc in yaml.safe_load_all(helm(*args).stdout) if doc]
+    env = config_env(objects, "embedder")
+    for key, value in strings.items():
+        assert env[f"RAGFLEET_EMBEDDER_{key.upper()}"] == value
+
+
+@pytest.mark.parametrize(
+    ("pattern", "python_type"),
+    [("_INT_TEXT", int), ("_NUMBER_TEXT", float), ("_BOOL_TEXT", bool)],
+)
+def test_schema_text_forms_are_what_pydantic_parses(pattern: str, python_type: type) -> None:
+    """The schema's patterns for numbers and booleans written as strings accept exactly the
+    strings the settings models parse (on these samples)."""
+    regex = re.compile(getattr(_helm_schema(), pattern))
+    adapter = TypeAdapter(python_type)
+    samples = [
+        *("3", " 3 ", "+3", "-3", "3.0", "3.", "3.5", ".5", "1_000", "1__0", "_1", "1e3"),
+        *("1E-3", "0x10", "", "abc", "true", "False", "YES", "off", "y", "1", "0", "2", "ja"),
+    ]
+    for sample in samples:
+        try:
+            adapter.validate_python(sample)
+            parses = True
+        except ValidationError:
+            parses = False
+        assert bool(regex.search(sample)) == parses, sample
