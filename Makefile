@@ -22,12 +22,12 @@ help:
 	@echo "make demo   install, bring the fleet up, ask a sample question (fleet stays up: ragfleet down)"
 	@echo "make test   install, check generated code and types, run the whole test suite"
 
-$(VENV)/.installed: pyproject.toml $(foreach s,$(SERVICES),services/$(s)/pyproject.toml) tools/install_helm.sh
+$(VENV)/.installed: pyproject.toml tools/pyproject.toml $(foreach s,$(SERVICES),services/$(s)/pyproject.toml) scripts/install_helm.sh
 	command -v $(UV) >/dev/null || python3 -m pip install --quiet "uv==0.13.8"
 	test -x $(PY) || $(UV) venv --quiet --python $(PYTHON_VERSION) $(VENV)
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(UV) pip install --python $(PY) $(FIND_LINKS) \
-	  -e ".[dev,eval]" $(foreach s,$(SERVICES),-e services/$(s))
-	tools/install_helm.sh $(VENV)/bin
+	  -e ".[dev]" $(foreach s,$(SERVICES),-e services/$(s)) -e tools
+	scripts/install_helm.sh $(VENV)/bin
 	touch $@
 
 install: $(VENV)/.installed
@@ -57,11 +57,11 @@ check-protos: install
 	rm -rf .protos-check
 
 lint: install
-	$(VENV)/bin/ruff check src services tests benchmarks
-	$(VENV)/bin/ruff format --check src services tests benchmarks
+	$(VENV)/bin/ruff check src services tools tests benchmarks scripts
+	$(VENV)/bin/ruff format --check src services tools tests benchmarks scripts
 
 typecheck: install
-	$(VENV)/bin/mypy src services/*/src
+	$(VENV)/bin/mypy src services/*/src tools/src
 
 test: install check-protos lint typecheck
 	$(VENV)/bin/pytest -m "not slow"

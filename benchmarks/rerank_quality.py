@@ -2,12 +2,12 @@
 
 First-stage runs: BM25 from the retriever's tantivy index alone (no embeddings needed), and the
 fleet's default hybrid (weighted fusion 0.5, 100 candidates per side) from the evaluation harness
-(``ragfleet.eval``: the retriever's embedded index, the embedder's model, ``ragfleet.fusion``),
-whose corpus index cache it shares. Each ``--reranker``
-(a ``ragfleet.rerank`` spec) rescores the top ``max(--depths)`` documents of each first stage once;
+(``ragfleet_tools.eval``: the retriever's embedded index, the embedder's model,
+``ragfleet.fusion``), whose corpus index cache it shares. Each ``--reranker`` (a
+``ragfleet.rerank`` spec) rescores the top ``max(--depths)`` documents of each first stage once;
 every depth then reorders its own top slice of those scores. nDCG@10, Recall@100 and MRR@10 come
-from ``ragfleet.eval.metrics`` (trec_eval). Latency is one ``score`` call per query at depths 20
-and 50, in-process (no gRPC hop), on ``--latency-queries`` queries.
+from ``ragfleet_tools.eval.metrics`` (trec_eval). Latency is one ``score`` call per query at
+depths 20 and 50, in-process (no gRPC hop), on ``--latency-queries`` queries.
 
 ``--serve-generator`` deploys the generator (Qwen2.5-Coder-0.5B, llama.cpp) on a local Ray Serve
 with its gRPC proxy on a free port and adds ``llm:<that address>`` to the rerankers: use it with a
@@ -28,14 +28,14 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from ragfleet.eval.beir import BeirDataset
-from ragfleet.eval.config import RetrievalConfig
-from ragfleet.eval.metrics import RetrievalMetrics, evaluate_run
-from ragfleet.eval.retrieval import EmbedderEncoder, RetrievalEvaluator
 from ragfleet.rerank import Reranker, load_reranker
 from ragfleet.runtime.logging import configure_logging
-from ragfleet.training.cli import lexical_ranker
-from ragfleet.training.reranker import passage_text
+from ragfleet_tools.eval.beir import BeirDataset
+from ragfleet_tools.eval.config import RetrievalConfig
+from ragfleet_tools.eval.metrics import RetrievalMetrics, evaluate_run
+from ragfleet_tools.eval.retrieval import EmbedderEncoder, RetrievalEvaluator
+from ragfleet_tools.training.cli import lexical_ranker
+from ragfleet_tools.training.reranker import passage_text
 
 RUN_DEPTH = 100
 LATENCY_DEPTHS = (20, 50)

@@ -2,7 +2,7 @@
 split, then writes the configuration files that `ragfleet eval retrieval` scores on the test split:
 ``--out`` (whole documents) and ``<out>-chunking.toml`` (the same with token chunks too).
 
-Each grid point is one `RetrievalConfig` run by `ragfleet.eval` on the fleet's components (the
+Each grid point is one `RetrievalConfig` run by `ragfleet_tools.eval` on the fleet's components (the
 retriever's embedded index, the embedder's model, `ragfleet.fusion`); the winner per fusion
 method is the best train nDCG@10 (ties: the shallower depth). Test qrels are never read here.
 Not a timed test: it prints the grid and writes a TOML file.
@@ -18,11 +18,12 @@ import sys
 import time
 from pathlib import Path
 
-from ragfleet.eval.beir import BeirDataset
-from ragfleet.eval.config import RetrievalConfig, SearchMode
-from ragfleet.eval.retrieval import EmbedderEncoder, RetrievalEvaluator
+from ragfleet.domain import SearchMode
 from ragfleet.fusion import FusionMethod
 from ragfleet.runtime.logging import configure_logging
+from ragfleet_tools.eval.beir import BeirDataset
+from ragfleet_tools.eval.config import RetrievalConfig
+from ragfleet_tools.eval.retrieval import EmbedderEncoder, RetrievalEvaluator
 
 DEPTHS = (50, 100, 200)
 RRF_KS = (10, 20, 40, 60, 100)

@@ -4,7 +4,7 @@ to the other Services, no architecture pinning, non-root pods) and validate them
 Kubernetes schemas. The RayService custom resource has no schema here: its pod templates are
 validated as PodTemplates and its Serve config against Ray Serve's own schema.
 
-helm comes from .venv/bin/helm (tools/install_helm.sh, run by make install) or from PATH.
+helm comes from .venv/bin/helm (scripts/install_helm.sh, run by make install) or from PATH.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def _helm_binary() -> str:
     on_path = shutil.which("helm")
     if on_path is None:
         pytest.fail(
-            "helm is neither at .venv/bin/helm nor on PATH: run tools/install_helm.sh "
+            "helm is neither at .venv/bin/helm nor on PATH: run scripts/install_helm.sh "
             "(make install runs it)"
         )
     return on_path

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ragfleet.training.embedder import EmbedderTrainingConfig, Triplet, train_embedder
 from ragfleet_embedder.model import SentenceTransformerEmbedder
+from ragfleet_tools.training.embedder import EmbedderTrainingConfig, Triplet, train_embedder
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ragfleet.cli.main import app
+from ragfleet_tools.cli.main import app
 
 pytestmark = pytest.mark.integration
 

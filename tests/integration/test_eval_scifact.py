@@ -1,4 +1,5 @@
-"""SciFact test split through `ragfleet.eval`: the fleet's retrieval meets its quality targets.
+"""SciFact test split through `ragfleet_tools.eval`: the fleet's retrieval meets its quality
+targets.
 
 Slow (embeds 5,183 abstracts on first run; later runs reuse var/eval-cache) and needs the
 third-party dataset, so it is not part of `make test`:
@@ -12,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from ragfleet.eval.beir import DATASETS_ENV, BeirDataset, datasets_dir
-from ragfleet.eval.config import load_configs
-from ragfleet.eval.retrieval import EmbedderEncoder, RetrievalEvaluator
+from ragfleet_tools.eval.beir import DATASETS_ENV, BeirDataset, datasets_dir
+from ragfleet_tools.eval.config import load_configs
+from ragfleet_tools.eval.retrieval import EmbedderEncoder, RetrievalEvaluator
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ragfleet.rerank import CrossEncoderReranker, load_reranker
-from ragfleet.training.reranker import TrainingConfig, TrainingGroup, train_cross_encoder
+from ragfleet_tools.training.reranker import TrainingConfig, TrainingGroup, train_cross_encoder
 
 pytestmark = pytest.mark.integration
 

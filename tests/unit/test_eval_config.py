@@ -8,15 +8,15 @@ from typing import Any
 import pytest
 
 from ragfleet.chunking import ChunkingConfig, ChunkingStrategy
-from ragfleet.eval.config import (
+from ragfleet.fusion import FusionMethod
+from ragfleet.runtime.errors import InvalidInput
+from ragfleet_tools.eval.config import (
     DEFAULT_CONFIGS,
     RetrievalConfig,
     SearchMode,
     load_configs,
     parse_configs,
 )
-from ragfleet.fusion import FusionMethod
-from ragfleet.runtime.errors import InvalidInput
 
 pytestmark = pytest.mark.unit
 

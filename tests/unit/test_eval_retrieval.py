@@ -17,13 +17,14 @@ import pytest
 from numpy.typing import NDArray
 
 from ragfleet.chunking import ChunkingConfig, ChunkingStrategy
-from ragfleet.eval.beir import BeirDataset
-from ragfleet.eval.config import RetrievalConfig, SearchMode
-from ragfleet.eval.metrics import evaluate_run
-from ragfleet.eval.report import markdown_table, write_report
-from ragfleet.eval.retrieval import RetrievalEvaluator, model_cache_key
+from ragfleet.domain import SearchMode
 from ragfleet.fusion import FusionMethod
 from ragfleet.runtime.errors import InvalidInput
+from ragfleet_tools.eval.beir import BeirDataset
+from ragfleet_tools.eval.config import RetrievalConfig
+from ragfleet_tools.eval.metrics import evaluate_run
+from ragfleet_tools.eval.report import markdown_table, write_report
+from ragfleet_tools.eval.retrieval import RetrievalEvaluator, model_cache_key
 
 pytestmark = pytest.mark.unit
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from ragfleet.chunking import Document
-from ragfleet.eval.beir import BeirDataset
 from ragfleet.runtime.errors import InvalidInput
-from ragfleet.training.reranker import (
+from ragfleet_tools.eval.beir import BeirDataset
+from ragfleet_tools.training.reranker import (
     TrainingConfig,
     TrainingGroup,
     build_groups,

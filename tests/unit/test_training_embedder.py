@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from ragfleet.chunking import Document
-from ragfleet.eval.beir import BeirDataset
 from ragfleet.runtime.errors import InvalidInput
-from ragfleet.training.embedder import (
+from ragfleet_tools.eval.beir import BeirDataset
+from ragfleet_tools.training.embedder import (
     EmbedderTrainingConfig,
     Triplet,
     batches,
@@ -86,7 +86,7 @@ def test_out_of_range_hyper_parameters_are_refused(overrides: dict[str, float]) 
 def test_the_shared_loop_takes_one_step_per_batch_and_lowers_the_loss() -> None:
     import torch
 
-    from ragfleet.training.loop import optimise
+    from ragfleet_tools.training.loop import optimise
 
     torch.manual_seed(0)
     weight = torch.nn.Parameter(torch.tensor([3.0]))

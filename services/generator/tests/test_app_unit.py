@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from ray.exceptions import RayTaskError
 
 from ragfleet.common.v1 import common_pb2
+from ragfleet.domain import Usage
 from ragfleet.generator.v1 import generator_pb2
 from ragfleet.runtime.errors import InvalidInput, NotFound
 from ragfleet_generator.app import app_builder, build_app, model_deployment_name
@@ -27,7 +28,6 @@ from ragfleet_generator.engine import (
     GenerationDone,
     GenerationEvent,
     TokenDelta,
-    Usage,
 )
 from ragfleet_generator.settings import GeneratorSettings
 

@@ -8,10 +8,11 @@ import grpc
 import pytest
 
 from ragfleet.common.v1 import common_pb2
+from ragfleet.domain import Usage
 from ragfleet.generator.v1 import generator_pb2
 from ragfleet.runtime.errors import InvalidInput, NotFound, Unavailable
 from ragfleet_generator.deployment import grpc_status_for_errors, to_domain_request, to_response
-from ragfleet_generator.engine import FinishReason, GenerationDone, TokenDelta, Usage
+from ragfleet_generator.engine import FinishReason, GenerationDone, TokenDelta
 
 pytestmark = pytest.mark.unit
 

@@ -22,7 +22,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
-from ragfleet.common.v1 import common_pb2
+from ragfleet.domain import usage_to_proto
 from ragfleet.generator.v1 import generator_pb2
 from ragfleet.runtime.errors import NotFound, RagfleetError, Unavailable
 from ragfleet.runtime.logging import configure_logging, get_logger
@@ -79,18 +79,11 @@ def to_domain_request(request: generator_pb2.GenerateRequest) -> GenerationReque
 def to_response(event: GenerationEvent, model: str) -> generator_pb2.GenerateResponse:
     if isinstance(event, TokenDelta):
         return generator_pb2.GenerateResponse(token=generator_pb2.TokenDelta(text=event.text))
-    usage = event.usage
     return generator_pb2.GenerateResponse(
         done=generator_pb2.GenerationDone(
             model=model,
             finish_reason=str(event.finish_reason),
-            usage=common_pb2.Usage(
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                time_to_first_token_ms=usage.time_to_first_token_ms,
-                total_ms=usage.total_ms,
-                tokens_per_second=usage.tokens_per_second,
-            ),
+            usage=usage_to_proto(event.usage),
         )
     )
 

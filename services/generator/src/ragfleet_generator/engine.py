@@ -13,6 +13,8 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ragfleet.domain import Usage
+
 
 class Role(enum.StrEnum):
     SYSTEM = "system"
@@ -55,15 +57,6 @@ class SamplingParams:
 @dataclass(frozen=True)
 class TokenDelta:
     text: str
-
-
-@dataclass(frozen=True)
-class Usage:
-    prompt_tokens: int
-    completion_tokens: int
-    time_to_first_token_ms: float
-    total_ms: float
-    tokens_per_second: float
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -65,6 +66,7 @@ class Retriever:
         self._settings = settings
         self._open_backend = open_backend
         self._backend: IndexBackend | None = None
+        self._sub_searches = ThreadPoolExecutor(thread_name_prefix="dense-search")
 
     async def load(self) -> None:
         """Opens the backend (this may rebuild a derived index from the source of truth)."""
@@ -74,6 +76,7 @@ class Retriever:
         backend, self._backend = self._backend, None
         if backend is not None:
             await asyncio.to_thread(backend.close)
+        self._sub_searches.shutdown(wait=False)
 
     @property
     def backend(self) -> IndexBackend:
@@ -151,8 +154,12 @@ class Retriever:
                 if served is not None:
                     fused = [FusedHit(h.id, h.score, 0, 0) for h in served]
                 else:
+                    # The two sub-searches run side by side (tantivy and usearch release the GIL).
+                    pending = self._sub_searches.submit(
+                        backend.search_dense, request.vector, sub_k, filter
+                    )
                     lexical = backend.search_lexical(request.query, sub_k, filter)
-                    dense = backend.search_dense(request.vector, sub_k, filter)
+                    dense = pending.result()
                     best_dense = max((h.score for h in dense), default=None)
                     fused = fuser(lexical, dense, top_k)
             chunks = backend.fetch([hit.id for hit in fused])

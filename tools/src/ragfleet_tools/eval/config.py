@@ -22,11 +22,11 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from ragfleet.chunking import ChunkingConfig, ChunkingStrategy
+from ragfleet.domain import SearchMode
 from ragfleet.fusion import DEFAULT_DENSE_WEIGHT, DEFAULT_RRF_K, FusionMethod, make_fuser
 from ragfleet.runtime.errors import InvalidInput
 
@@ -34,12 +34,6 @@ NO_RERANKER = "none"
 MAX_CANDIDATE_K = 1000
 MAX_RERANK_K = 1000
 WHOLE_DOCUMENTS = ChunkingConfig(ChunkingStrategy.NONE)
-
-
-class SearchMode(StrEnum):
-    LEXICAL = "lexical"
-    DENSE = "dense"
-    HYBRID = "hybrid"
 
 
 @dataclass(frozen=True)

@@ -13,22 +13,22 @@ from typing import TYPE_CHECKING, Annotated
 import grpc
 import typer
 
-from ragfleet.cli import ingestion
-from ragfleet.cli.fleet import (
+from ragfleet.clients import RetrieverClient
+from ragfleet.common.v1 import common_pb2
+from ragfleet.domain import SearchMode, search_mode_to_proto
+from ragfleet.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from ragfleet.runtime.channels import Deadline, insecure_channel
+from ragfleet.runtime.errors import RagfleetError
+from ragfleet_tools.cli import ingestion
+from ragfleet_tools.cli.fleet import (
     Fleet,
     FleetSettings,
     ServiceExited,
     health_status,
     wait_serving,
 )
-from ragfleet.clients import RetrieverClient
-from ragfleet.common.v1 import common_pb2
-from ragfleet.domain import SearchMode, search_mode_to_proto
-from ragfleet.eval.cli import eval_app
-from ragfleet.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from ragfleet.runtime.channels import Deadline, insecure_channel
-from ragfleet.runtime.errors import RagfleetError
-from ragfleet.training.cli import train_app
+from ragfleet_tools.eval.cli import eval_app
+from ragfleet_tools.training.cli import train_app
 
 if TYPE_CHECKING:
     from ragfleet.ingest import IngestSummary

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ragfleet.domain import default_embedding_model_path
-from ragfleet.eval.beir import BeirDataset
 from ragfleet.runtime.errors import FailedPrecondition, InvalidInput
-from ragfleet.training.loop import optimise, require_in_range
-from ragfleet.training.reranker import INSTALL_HINT, Ranker, passage_text
+from ragfleet_tools.eval.beir import BeirDataset
+from ragfleet_tools.training.loop import optimise, require_in_range
+from ragfleet_tools.training.reranker import INSTALL_HINT, Ranker, passage_text
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import ir_measures
 from ir_measures import RR, R, nDCG
 
-from ragfleet.eval.beir import Qrels
+from ragfleet_tools.eval.beir import Qrels
 
 _MEASURES = {"ndcg_at_10": nDCG @ 10, "recall_at_100": R @ 100, "mrr_at_10": RR @ 10}
 HEADERS = {"ndcg_at_10": "nDCG@10", "recall_at_100": "Recall@100", "mrr_at_10": "MRR@10"}

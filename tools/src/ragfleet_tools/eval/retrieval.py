@@ -35,11 +35,11 @@ from ragfleet.chunking import (
     DocumentChunker,
     load_embedder_tokenizer,
 )
-from ragfleet.domain import Chunk
-from ragfleet.eval.beir import BeirDataset
-from ragfleet.eval.config import NO_RERANKER, RetrievalConfig, SearchMode
-from ragfleet.eval.metrics import RetrievalMetrics, evaluate_run
+from ragfleet.domain import Chunk, SearchMode
 from ragfleet.fusion import fuse
+from ragfleet_tools.eval.beir import BeirDataset
+from ragfleet_tools.eval.config import NO_RERANKER, RetrievalConfig
+from ragfleet_tools.eval.metrics import RetrievalMetrics, evaluate_run
 
 if TYPE_CHECKING:
     from ragfleet.rerank import Reranker

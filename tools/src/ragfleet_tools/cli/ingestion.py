@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ragfleet.cli.fleet import Fleet, FleetSettings
+from ragfleet_tools.cli.fleet import Fleet, FleetSettings
 
 if TYPE_CHECKING:
     from ragfleet.ingest import IngestSummary

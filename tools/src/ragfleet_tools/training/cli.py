@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ragfleet.runtime.errors import RagfleetError
-from ragfleet.training.reranker import (
+from ragfleet_tools.training.reranker import (
     Ranker,
     TrainingConfig,
     build_groups,
@@ -19,7 +19,7 @@ from ragfleet.training.reranker import (
 )
 
 if TYPE_CHECKING:
-    from ragfleet.eval.beir import BeirDataset
+    from ragfleet_tools.eval.beir import BeirDataset
 
 train_app = typer.Typer(help="Train ragfleet's own models (CPU, offline).", no_args_is_help=True)
 
@@ -30,8 +30,8 @@ def hybrid_ranker(dataset: BeirDataset, cache_dir: Path) -> Ranker:
     """Ranks any query texts over ``dataset``'s corpus with the evaluation harness's hybrid
     configuration (the fleet's defaults: BM25 + MiniLM, weighted fusion 0.5), reusing its cached
     corpus index."""
-    from ragfleet.eval.config import RetrievalConfig
-    from ragfleet.eval.retrieval import EmbedderEncoder, RetrievalEvaluator
+    from ragfleet_tools.eval.config import RetrievalConfig
+    from ragfleet_tools.eval.retrieval import EmbedderEncoder, RetrievalEvaluator
 
     encoder = EmbedderEncoder.from_env()
 
@@ -98,7 +98,7 @@ def reranker(
 ) -> None:
     """Fine-tune a cross-encoder reranker from all-MiniLM-L6-v2 on a BEIR split's judgments,
     with hard negatives from the project's own hybrid retrieval. CPU only."""
-    from ragfleet.eval.beir import BeirDataset
+    from ragfleet_tools.eval.beir import BeirDataset
 
     try:
         config = TrainingConfig(
@@ -155,8 +155,8 @@ def embedder(
     """Fine-tune the all-MiniLM-L6-v2 embedder on a BEIR split's judgments with BM25 hard
     negatives and in-batch negatives. CPU only. Serve it with RAGFLEET_EMBEDDER_MODEL_PATH
     (and re-embed what was indexed with the old model)."""
-    from ragfleet.eval.beir import BeirDataset
-    from ragfleet.training.embedder import (
+    from ragfleet_tools.eval.beir import BeirDataset
+    from ragfleet_tools.training.embedder import (
         EmbedderTrainingConfig,
         build_triplets,
         train_embedder,

@@ -40,10 +40,10 @@ def retrieval(
 ) -> None:
     """nDCG@10, Recall@100 and MRR@10 of each configuration, run in-process on the fleet's
     components (embedded index, embedding model, fusion)."""
-    from ragfleet.eval.beir import BeirDataset
-    from ragfleet.eval.config import load_configs
-    from ragfleet.eval.report import markdown_table, write_report
-    from ragfleet.eval.retrieval import EmbedderEncoder, RetrievalEvaluator
+    from ragfleet_tools.eval.beir import BeirDataset
+    from ragfleet_tools.eval.config import load_configs
+    from ragfleet_tools.eval.report import markdown_table, write_report
+    from ragfleet_tools.eval.retrieval import EmbedderEncoder, RetrievalEvaluator
 
     # The index's own logs go to stderr, and only warnings: stdout carries the result.
     configure_logging("WARNING", fmt="console")

@@ -1,5 +1,5 @@
 """The ``ragfleet`` command line: bring the fleet up and down, ingest, ask."""
 
-from ragfleet.cli.main import app
+from ragfleet_tools.cli.main import app
 
 __all__ = ["app"]
