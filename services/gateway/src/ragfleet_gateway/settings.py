@@ -259,7 +259,7 @@ class GatewaySettings(ServiceSettings):
         default=100, ge=1, description="finished jobs remembered for GET /v1/ingest/jobs/{id}"
     )
 
-    @field_validator("models", mode="before")
+    @field_validator("models", mode="before", json_schema_input_type=list[str | ModelLink])
     @classmethod
     def _names_are_links(cls, value: object) -> object:
         if isinstance(value, list | tuple):
