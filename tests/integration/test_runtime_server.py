@@ -12,6 +12,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from ragfleet.embedder.v1 import embedder_pb2, embedder_pb2_grpc
 from ragfleet.generator.v1 import generator_pb2, generator_pb2_grpc
+from ragfleet.runtime.channels import REQUEST_DEADLINE
 from ragfleet.runtime.errors import InvalidInput, NotFound
 from ragfleet.runtime.server import GrpcService, Servicer, create_server
 from ragfleet.runtime.settings import ServiceSettings
@@ -29,6 +30,11 @@ class ToyEmbedder(embedder_pb2_grpc.EmbedderServiceServicer):
             await asyncio.sleep(1.0)
         if request.texts[0] == "crash":
             raise RuntimeError("boom")
+        if request.texts[0] == "deadline":
+            # Reports the deadline the interceptor handed to this RPC's task, in a worker thread.
+            deadline = await asyncio.to_thread(REQUEST_DEADLINE.get)
+            left = -1 if deadline is None else round(deadline.remaining())
+            return embedder_pb2.EmbedResponse(model=f"deadline {left}", dimension=1)
         return embedder_pb2.EmbedResponse(model="toy", dimension=1)
 
 
@@ -104,6 +110,17 @@ async def test_ready_serves_and_maps_domain_errors(
         await stub.Embed(embedder_pb2.EmbedRequest(texts=["crash"]), timeout=2)
     assert info.value.code() is grpc.StatusCode.INTERNAL
     assert "RuntimeError" in (info.value.details() or "")
+
+
+async def test_the_clients_deadline_reaches_the_handler_and_its_threads(
+    service: GrpcService, channel: grpc.aio.Channel
+) -> None:
+    await service.mark_ready()
+    stub = embedder_pb2_grpc.EmbedderServiceStub(channel)
+    reply = await stub.Embed(embedder_pb2.EmbedRequest(texts=["deadline"]), timeout=30)
+    assert reply.model == "deadline 30"
+    reply = await stub.Embed(embedder_pb2.EmbedRequest(texts=["deadline"]))
+    assert reply.model == "deadline -1"
 
 
 async def test_streaming_error_after_first_message(

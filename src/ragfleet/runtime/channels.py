@@ -1,8 +1,11 @@
-"""Outbound gRPC calls: channels and deadlines derived from the caller's remaining time."""
+"""Outbound gRPC calls: channels and deadlines derived from the caller's remaining time, and
+the deadline of the RPC being served (``REQUEST_DEADLINE``), for calls a service makes to
+systems that are not gRPC (OpenSearch)."""
 
 from __future__ import annotations
 
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import grpc
@@ -41,3 +44,11 @@ class Deadline:
         if left <= 0:
             raise DeadlineExceeded(f"the request's deadline ran out before {stage}")
         return left if cap is None else min(left, cap)
+
+
+REQUEST_DEADLINE: ContextVar[Deadline | None] = ContextVar(
+    "ragfleet_request_deadline", default=None
+)
+"""The deadline of the RPC this task serves, set by the server's interceptor from the client's
+gRPC deadline; None when the client set none. ``asyncio.to_thread`` carries it into worker
+threads; a plain executor needs ``contextvars.copy_context().run``."""

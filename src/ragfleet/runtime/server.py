@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from ragfleet.runtime.channels import REQUEST_DEADLINE, Deadline
 from ragfleet.runtime.errors import RagfleetError
 from ragfleet.runtime.logging import get_logger
 from ragfleet.runtime.settings import ServiceSettings
@@ -41,6 +42,12 @@ class _Readiness:
     def __init__(self) -> None:
         self.ready = False
         self.reason = "the service is still starting (loading models or indexes)"
+
+
+def _note_deadline(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """Makes the client's deadline the task's ``REQUEST_DEADLINE`` (each RPC is a task)."""
+    remaining = context.time_remaining()
+    REQUEST_DEADLINE.set(None if remaining is None else Deadline.after(remaining))
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
@@ -79,6 +86,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 await check_ready(context)
+                _note_deadline(context)
                 try:
                     return await inner_uu(request, context)
                 except (asyncio.CancelledError, grpc.aio.AbortError):
@@ -98,6 +106,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 request: Any, context: grpc.aio.ServicerContext[Any, Any]
             ) -> AsyncIterator[Any]:
                 await check_ready(context)
+                _note_deadline(context)
                 try:
                     async for response in inner_us(request, context):
                         yield response

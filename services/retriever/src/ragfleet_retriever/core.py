@@ -9,6 +9,7 @@ them in one worker thread and the event loop stays free. A backend that implemen
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -156,7 +157,11 @@ class Retriever:
                 else:
                     # The two sub-searches run side by side (tantivy and usearch release the GIL).
                     pending = self._sub_searches.submit(
-                        backend.search_dense, request.vector, sub_k, filter
+                        contextvars.copy_context().run,
+                        backend.search_dense,
+                        request.vector,
+                        sub_k,
+                        filter,
                     )
                     lexical = backend.search_lexical(request.query, sub_k, filter)
                     dense = pending.result()

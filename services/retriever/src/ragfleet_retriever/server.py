@@ -52,6 +52,9 @@ def open_opensearch(settings: RetrieverSettings) -> OpenSearchBackend:
             hybrid=settings.opensearch_hybrid,
             dense_weight=settings.default_dense_weight,
             rrf_k=settings.default_rrf_k,
+            bulk_max_bytes=settings.opensearch_bulk_max_bytes,
+            read_from_primary=settings.opensearch_read_from_primary,
+            timeout_s=settings.opensearch_timeout_s,
         )
     except BaseException:
         client.close()

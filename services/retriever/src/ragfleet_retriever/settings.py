@@ -123,6 +123,18 @@ class RetrieverSettings(ServiceSettings):
     opensearch_hnsw_ef_search: int = Field(
         default=100, ge=2, le=4096, description="faiss only; lucene searches with ef = k"
     )
+    opensearch_bulk_max_bytes: int = Field(
+        default=10 * 1024 * 1024,
+        ge=64 * 1024,
+        description="largest bulk request; bigger upserts are split (OpenSearch advises 5-15 MB; "
+        "http.max_content_length refuses more than 100 MB by default)",
+    )
+    opensearch_read_from_primary: bool = Field(
+        default=False,
+        description="search and fetch with preference=_primary_first: read-after-write on "
+        "clusters with segment replication (remote-store clusters use it), at the cost of "
+        "sending every read to the primaries",
+    )
     opensearch_shards: int = Field(default=1, ge=1, le=1024)
     opensearch_replicas: int = Field(default=1, ge=0, le=16)
     opensearch_refresh: RefreshPolicy = RefreshPolicy.WAIT_FOR

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from ragfleet.domain import Chunk, Filter
 from ragfleet.fusion import FusionMethod
+from ragfleet.runtime.channels import REQUEST_DEADLINE, Deadline
 from ragfleet.runtime.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -266,14 +267,17 @@ def test_start_up_creates_the_index_with_bm25_and_knn_fields(cluster: FakeCluste
     open_on(cluster, IndexLayout(index=INDEX, dimension=384, hnsw_m=24, replicas=2))
     assert cluster.paths() == ["GET /", f"HEAD /{INDEX}", f"PUT /{INDEX}"]
     created = cluster.last(f"/{INDEX}").body
+    # ef_search is no index setting: nmslib alone reads index.knn.algo_param.ef_search.
     assert created["settings"]["index"] == {
         "number_of_shards": 1,
         "number_of_replicas": 2,
         "knn": True,
-        "knn.algo_param.ef_search": 100,
     }
     mappings = created["mappings"]
     assert mappings["dynamic"] == "strict"
+    # A metadata value like "2024-05-01" must not make a date field (date detection runs
+    # before dynamic templates) that a later non-date value would fail.
+    assert mappings["date_detection"] is False and mappings["numeric_detection"] is False
     properties = mappings["properties"]
     assert properties["vector"] == {
         "type": "knn_vector",
@@ -282,7 +286,7 @@ def test_start_up_creates_the_index_with_bm25_and_knn_fields(cluster: FakeCluste
             "name": "hnsw",
             "engine": "faiss",
             "space_type": "cosinesimil",
-            "parameters": {"m": 24, "ef_construction": 128},
+            "parameters": {"m": 24, "ef_construction": 128, "ef_search": 100},
         },
     }
     assert properties["body"] == {"type": "text", "analyzer": "english"}
@@ -291,20 +295,26 @@ def test_start_up_creates_the_index_with_bm25_and_knn_fields(cluster: FakeCluste
         "source": "keyword",
         "tenant": "keyword",
     }
-    assert properties["metadata"] == {"type": "object", "dynamic": True}
-    template = mappings["dynamic_templates"][0]["metadata_as_keywords"]
-    assert template == {
-        "path_match": "metadata.*",
-        "match_mapping_type": "string",
-        "mapping": {"type": "keyword"},
-    }
+    # Metadata keys never become fields (no total_fields.limit to reach, no type clashes):
+    # the object is stored, not indexed; filters match key=value terms of one keyword field.
+    assert properties["metadata"] == {"type": "object", "enabled": False}
+    assert properties["metadata_terms"] == {"type": "keyword"}
+    assert "dynamic_templates" not in mappings
     assert mappings["_source"] == {"excludes": ["body"]}
 
 
-def test_lucene_engine_has_no_ef_search_setting() -> None:
+def test_lucene_engine_has_no_ef_search_in_its_mapping() -> None:
     body = bodies.index_body(IndexLayout(index=INDEX, dimension=3, engine=KnnEngine.LUCENE))
     assert "knn.algo_param.ef_search" not in body["settings"]["index"]
-    assert body["mappings"]["properties"]["vector"]["method"]["engine"] == "lucene"
+    method = body["mappings"]["properties"]["vector"]["method"]
+    assert method["engine"] == "lucene" and "ef_search" not in method["parameters"]
+
+
+def test_an_index_from_before_metadata_terms_is_refused_with_the_fix() -> None:
+    old = bodies.index_body(LAYOUT)["mappings"]
+    del old["properties"]["metadata_terms"]
+    problems = bodies.mapping_mismatches(LAYOUT, old)
+    assert any("reindex" in p and "metadata_terms" in p for p in problems)
 
 
 def test_start_up_on_an_existing_index_checks_its_mapping_and_writes_nothing(
@@ -376,6 +386,12 @@ def test_garbage_versions_are_refused(number: str) -> None:
             HybridExecution.SERVER,
             "2.10.0",
         ),
+        (
+            "2.11.0",
+            IndexLayout(index=INDEX, dimension=1536, engine=KnnEngine.LUCENE),
+            HybridExecution.CLIENT,
+            "2.12.0",
+        ),
     ],
 )
 def test_a_cluster_too_old_for_the_configuration_is_refused(
@@ -418,12 +434,50 @@ def test_server_side_hybrid_creates_both_pipelines_on_2_19(cluster: FakeCluster)
             }
         ],
     }
+    # neural-search 2.19 and 3.0 read the rank constant under combination.parameters.
     assert cluster.pipelines[f"{INDEX}-hybrid-rrf"] == {
         "description": "ragfleet hybrid search: reciprocal rank fusion",
         "phase_results_processors": [
-            {"score-ranker-processor": {"combination": {"technique": "rrf", "rank_constant": 40}}}
+            {
+                "score-ranker-processor": {
+                    "combination": {"technique": "rrf", "parameters": {"rank_constant": 40}}
+                }
+            }
         ],
     }
+
+
+@pytest.mark.parametrize(
+    ("version", "combination"),
+    [
+        ("2.19.0", {"technique": "rrf", "parameters": {"rank_constant": 40}}),
+        ("3.0.0", {"technique": "rrf", "parameters": {"rank_constant": 40}}),
+        ("3.1.0", {"technique": "rrf", "rank_constant": 40}),
+        ("3.5.0", {"technique": "rrf", "rank_constant": 40}),
+    ],
+)
+def test_the_rrf_rank_constant_goes_where_the_clusters_version_reads_it(
+    cluster: FakeCluster, version: str, combination: dict[str, object]
+) -> None:
+    cluster.version = version
+    open_on(cluster, hybrid=HybridExecution.SERVER, rrf_k=40)
+    processors = cluster.pipelines[f"{INDEX}-hybrid-rrf"]["phase_results_processors"]
+    assert processors == [{"score-ranker-processor": {"combination": combination}}]
+
+
+@pytest.mark.parametrize(("version", "served"), [("3.4.0", False), ("3.5.0", True)])
+def test_rrf_on_several_shards_stays_in_our_code_until_global_ranking(
+    cluster: FakeCluster, version: str, served: bool
+) -> None:
+    """Before 3.5 the score-ranker ranks each shard's hits apart: our fusion ranks globally."""
+    cluster.version = version
+    open_on(
+        cluster,
+        IndexLayout(index=INDEX, dimension=3, shards=3),
+        hybrid=HybridExecution.SERVER,
+    )
+    assert (f"{INDEX}-hybrid-rrf" in cluster.pipelines) is served
+    assert f"{INDEX}-hybrid-weighted" in cluster.pipelines
 
 
 def test_rrf_stays_in_our_code_before_2_19(cluster: FakeCluster) -> None:
@@ -488,6 +542,7 @@ def test_upsert_sends_one_bulk_request_keyed_by_chunk_id(
             "text": "Drain calls.",
             "body": "Ops\nShutdown\nDrain calls.",
             "metadata": {"lang": "en"},
+            "metadata_terms": ["lang=en"],
             "vector": [3.0, 0.0, 4.0],
         },
         {"index": {"_index": INDEX, "_id": "b"}},
@@ -500,6 +555,7 @@ def test_upsert_sends_one_bulk_request_keyed_by_chunk_id(
             "text": "no vector",
             "body": "no vector",
             "metadata": {},
+            "metadata_terms": [],
         },
     ]
 
@@ -527,7 +583,7 @@ def test_refresh_false_policy_skips_the_wait(cluster: FakeCluster) -> None:
 
 @pytest.mark.parametrize(
     ("status", "error"),
-    [(429, ResourceExhausted), (400, RagfleetError), (503, Unavailable)],
+    [(429, ResourceExhausted), (400, InvalidInput), (503, Unavailable)],
 )
 def test_refused_bulk_items_are_reported_with_their_ids(
     backend: OpenSearchBackend, cluster: FakeCluster, status: int, error: type[Exception]
@@ -537,6 +593,27 @@ def test_refused_bulk_items_are_reported_with_their_ids(
         backend.upsert([CHUNK, Chunk(id="b", text="fine")])
     assert isinstance(raised.value, RagfleetError)
     assert "refused 1 of 2 bulk items (a: mapper_parsing_exception" in raised.value.message
+
+
+def test_large_upserts_are_split_into_bulk_requests_by_bytes(cluster: FakeCluster) -> None:
+    backend = open_on(cluster, bulk_max_bytes=2_000)
+    cluster.sent.clear()
+    chunks = [Chunk(id=f"c{i}", text="word " * 60, vector=(1.0, 0.0, 0.0)) for i in range(12)]
+    assert backend.upsert(chunks) == 12
+    requests = [s.body for s in cluster.sent if s.path == "/_bulk"]
+    assert len(requests) > 1
+    assert [line["index"]["_id"] for body in requests for line in body[::2]] == [
+        c.id for c in chunks
+    ]
+    for body in requests:
+        assert sum(len(json.dumps(line).encode()) + 1 for line in body) <= 2_000
+
+
+def test_bulk_requests_keep_an_action_with_its_document_and_send_a_giant_alone() -> None:
+    small = [{"index": {"_id": "a"}}, {"text": "x"}, {"delete": {"_id": "b"}}]
+    giant = [{"index": {"_id": "g"}}, {"text": "y" * 5_000}]
+    requests = bodies.bulk_requests([*small, *giant, *small], max_bytes=1_000)
+    assert requests == [small, giant, small]
 
 
 def test_delete_by_ids_uses_bulk_deletes_and_counts_the_found(
@@ -566,7 +643,7 @@ def test_delete_by_filter_uses_delete_by_query(
             "bool": {
                 "filter": [
                     {"term": {"tenant": "acme"}},
-                    {"term": {"metadata.lang": "en"}},
+                    {"term": {"metadata_terms": "lang=en"}},
                     {"ids": {"values": ["a", "b"]}},
                 ]
             }
@@ -638,8 +715,8 @@ def test_lexical_search_is_a_match_query_with_filters_in_filter_context(
                 "filter": [
                     {"term": {"tenant": "acme"}},
                     {"term": {"source": "ops.md"}},
-                    {"term": {"metadata.kind": "runbook"}},
-                    {"term": {"metadata.lang": "en"}},
+                    {"term": {"metadata_terms": "kind=runbook"}},
+                    {"term": {"metadata_terms": "lang=en"}},
                 ],
             }
         },
@@ -662,6 +739,7 @@ def test_dense_search_filters_inside_the_knn_clause(
                 "vector": {
                     "vector": [1.0, 2.0, 2.0],
                     "k": 1,
+                    "method_parameters": {"ef_search": 100},
                     "filter": {"bool": {"filter": [{"term": {"tenant": "acme"}}]}},
                 }
             }
@@ -669,6 +747,21 @@ def test_dense_search_filters_inside_the_knn_clause(
     }
     backend.search_dense((1.0, 2.0, 2.0), 4)
     assert "filter" not in cluster.last("/_search").body["query"]["knn"]["vector"]
+
+
+@pytest.mark.parametrize(
+    ("version", "k", "sent"), [("2.15.0", 5, None), ("2.16.0", 5, 100), ("3.0.0", 300, 300)]
+)
+def test_ef_search_is_sent_per_query_where_the_cluster_reads_it(
+    cluster: FakeCluster, version: str, k: int, sent: int | None
+) -> None:
+    """From 2.16 both engines take method_parameters.ef_search (at least k); before, faiss
+    reads the mapping's method parameter."""
+    cluster.version = version
+    layout = IndexLayout(index=INDEX, dimension=3, space_type=SpaceType.INNERPRODUCT)
+    open_on(cluster, layout).search_dense((1.0, 2.0, 2.0), k)
+    clause = cluster.last("/_search").body["query"]["knn"]["vector"]
+    assert clause.get("method_parameters") == (None if sent is None else {"ef_search": sent})
 
 
 def test_server_side_hybrid_runs_one_hybrid_query_through_the_pipeline(
@@ -734,6 +827,49 @@ def test_fetch_uses_mget_without_vectors(backend: OpenSearchBackend, cluster: Fa
         metadata={"lang": "en"},
     )
     assert list(found) == ["a"]
+
+
+def test_calls_for_an_rpc_get_what_is_left_of_its_deadline(cluster: FakeCluster) -> None:
+    backend = open_on(cluster, timeout_s=5.0)
+    backend.upsert([CHUNK])
+    timeouts: list[float] = []
+    original = FakeConnection.perform_request
+
+    def recording(self: FakeConnection, *args: Any, **kwargs: Any) -> Any:
+        timeouts.append(kwargs.get("timeout") or 0.0)
+        return original(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(FakeConnection, "perform_request", recording)
+        token = REQUEST_DEADLINE.set(Deadline.after(0.5))
+        try:
+            backend.search_lexical("drain", 3)
+            backend.fetch(["a"])
+            backend.upsert([CHUNK])
+        finally:
+            REQUEST_DEADLINE.reset(token)
+        backend.search_lexical("drain", 3)
+    assert all(0 < t <= 0.5 for t in timeouts[:3]) and len(timeouts) == 4
+    assert timeouts[3] == 0.0  # outside an RPC: the client's own timeout
+    token = REQUEST_DEADLINE.set(Deadline.after(-1))
+    try:
+        with pytest.raises(DeadlineExceeded, match="lexical search on OpenSearch"):
+            backend.search_lexical("drain", 3)
+    finally:
+        REQUEST_DEADLINE.reset(token)
+
+
+def test_read_from_primary_sends_every_read_to_the_primaries_first(cluster: FakeCluster) -> None:
+    """Segment replication: refresh=wait_for makes a write searchable on the primary only."""
+    backend = open_on(cluster, read_from_primary=True)
+    backend.upsert([CHUNK])
+    backend.search_lexical("drain", 3)
+    assert cluster.last("/_search").params == {"preference": "_primary_first"}
+    backend.fetch(["a"])
+    assert cluster.last("/_mget").params == {
+        "_source_excludes": "vector",
+        "preference": "_primary_first",
+    }
 
 
 def test_stats_count_chunks_and_distinct_sources(

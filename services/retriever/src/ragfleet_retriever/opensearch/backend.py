@@ -24,6 +24,7 @@ from opensearchpy.exceptions import NotFoundError, RequestError
 
 from ragfleet.domain import MATCH_ALL, Chunk, Filter
 from ragfleet.fusion import DEFAULT_DENSE_WEIGHT, DEFAULT_RRF_K, FusionMethod
+from ragfleet.runtime.channels import REQUEST_DEADLINE
 from ragfleet.runtime.errors import (
     FailedPrecondition,
     InvalidInput,
@@ -36,7 +37,7 @@ from ragfleet_retriever.domain import IndexStats, ScoredId
 from ragfleet_retriever.opensearch import bodies
 from ragfleet_retriever.opensearch.bodies import IndexLayout, JsonObject, Version
 from ragfleet_retriever.opensearch.client import translated_errors
-from ragfleet_retriever.settings import HybridExecution, RefreshPolicy
+from ragfleet_retriever.settings import HybridExecution, KnnEngine, RefreshPolicy
 
 log = get_logger(__name__)
 
@@ -54,6 +55,14 @@ def check_version(version: Version, layout: IndexLayout, hybrid: HybridExecution
             "RAGFLEET_RETRIEVER_OPENSEARCH_SPACE_TYPE=innerproduct on older clusters)",
         )
     )
+    if layout.engine is KnnEngine.LUCENE and layout.dimension > bodies.LUCENE_OLD_MAX_DIMENSION:
+        needs.append(
+            (
+                bodies.LUCENE_LARGE_DIMENSION_VERSION,
+                f"lucene vectors of {layout.dimension} dimensions (at most "
+                f"{bodies.LUCENE_OLD_MAX_DIMENSION} before; or use faiss)",
+            )
+        )
     if hybrid is HybridExecution.SERVER:
         needs.append((bodies.HYBRID_MINIMUM_VERSION, "the hybrid query (opensearch_hybrid=server)"))
     for minimum, feature in needs:
@@ -96,6 +105,9 @@ class OpenSearchBackend:
         version: Version,
         refresh: RefreshPolicy = RefreshPolicy.WAIT_FOR,
         pipelines: Mapping[FusionMethod, tuple[str, float, int]] | None = None,
+        bulk_max_bytes: int = bodies.BULK_MAX_BYTES,
+        read_from_primary: bool = False,
+        timeout_s: float = 5.0,
     ) -> None:
         """Use ``open``, which checks the cluster and prepares the index. ``pipelines`` maps a
         fusion method to (pipeline name, dense weight, rrf k) of a search pipeline that
@@ -106,6 +118,16 @@ class OpenSearchBackend:
         self.version = version
         self._refresh = refresh
         self._pipelines = dict(pipelines or {})
+        self._bulk_max_bytes = bulk_max_bytes
+        self._timeout_s = timeout_s
+        # Reads the primaries answer when they can: the only read-after-write a cluster with
+        # segment replication gives (refresh=wait_for refreshes the primary alone; replicas
+        # catch up asynchronously; OpenSearch issue #8700).
+        self._read_params = {"preference": "_primary_first"} if read_from_primary else {}
+        # Per-query ef_search: read by both engines from 2.16 (before, faiss reads the mapping's).
+        self._ef_search = (
+            layout.hnsw_ef_search if version >= bodies.QUERY_EF_SEARCH_VERSION else None
+        )
         self._state_lock = threading.Lock()
         self._bulk_loads = 0
         self._saved_settings: JsonObject = {}
@@ -124,6 +146,9 @@ class OpenSearchBackend:
         hybrid: HybridExecution = HybridExecution.CLIENT,
         dense_weight: float = DEFAULT_DENSE_WEIGHT,
         rrf_k: int = DEFAULT_RRF_K,
+        bulk_max_bytes: int = bodies.BULK_MAX_BYTES,
+        read_from_primary: bool = False,
+        timeout_s: float = 5.0,
     ) -> OpenSearchBackend:
         """Checks the cluster at ``address`` and prepares the index (blocking; fails fast).
 
@@ -137,7 +162,16 @@ class OpenSearchBackend:
             info = client.info()
         version = cls._version_of(info, address)
         check_version(version, layout, hybrid)
-        backend = cls(client, layout, address=address, version=version, refresh=refresh)
+        backend = cls(
+            client,
+            layout,
+            address=address,
+            version=version,
+            refresh=refresh,
+            bulk_max_bytes=bulk_max_bytes,
+            read_from_primary=read_from_primary,
+            timeout_s=timeout_s,
+        )
         backend._ensure_index()
         if hybrid is HybridExecution.SERVER:
             backend._pipelines = backend._ensure_pipelines(dense_weight, rrf_k)
@@ -202,15 +236,23 @@ class OpenSearchBackend:
         made: dict[FusionMethod, tuple[str, float, int]] = {}
         for method, build in bodies.PIPELINE_BODY.items():
             minimum = bodies.PIPELINE_MINIMUM_VERSION[method]
+            reason = ""
             if self.version < minimum:
-                log.warning(
-                    "opensearch_fusion_in_client",
-                    method=method.value,
-                    reason=f"needs OpenSearch {minimum}, cluster is {self.version}",
+                reason = f"needs OpenSearch {minimum}, cluster is {self.version}"
+            elif (
+                method is FusionMethod.RRF
+                and self._layout.shards > 1
+                and self.version < bodies.RRF_GLOBAL_RANKING_VERSION
+            ):
+                reason = (
+                    f"OpenSearch {self.version} ranks RRF per shard (global ranking from "
+                    f"{bodies.RRF_GLOBAL_RANKING_VERSION}); the index has {self._layout.shards}"
                 )
+            if reason:
+                log.warning("opensearch_fusion_in_client", method=method.value, reason=reason)
                 continue
             name = bodies.pipeline_name(self._layout.index, method)
-            body = build(dense_weight, rrf_k)
+            body = build(dense_weight, rrf_k, self.version)
             path = f"/_search/pipeline/{name}"
             try:
                 with translated_errors(self._address, f"GET {path}"):
@@ -243,6 +285,16 @@ class OpenSearchBackend:
     def index(self) -> str:
         return self._layout.index
 
+    def _timeout(self, operation: str) -> dict[str, Any]:
+        """The ``request_timeout`` of a call made for an RPC: what is left of the client's
+        deadline, at most ``timeout_s`` (``DeadlineExceeded`` when nothing is left). Calls
+        outside an RPC, or for a client without a deadline, keep the client's timeout."""
+        deadline = REQUEST_DEADLINE.get()
+        if deadline is None:
+            return {}
+        left = deadline.timeout(f"{operation} on OpenSearch at {self._address}", self._timeout_s)
+        return {"request_timeout": left}
+
     def _refresh_param(self) -> str:
         with self._state_lock:
             # wait_for would block until the next refresh, which never comes while a bulk load
@@ -253,27 +305,36 @@ class OpenSearchBackend:
         return "wait_for"
 
     def _bulk(self, actions: list[JsonObject], operation: str) -> list[Mapping[str, Any]]:
-        """Sends bulk ``actions``; returns the per-item results. A failed item raises after
-        the rest were applied (bulk is not atomic; upsert and delete are safe to retry)."""
-        with translated_errors(self._address, operation):
-            response = self._client.bulk(body=actions, params={"refresh": self._refresh_param()})
-        items = [next(iter(item.values())) for item in response.get("items", [])]
-        if response.get("errors"):
-            failed = [item for item in items if item.get("error")]
-            if failed:
-                examples = "; ".join(
-                    f"{item.get('_id')}: {_reason(item)}"
-                    for item in failed[:_MAX_REPORTED_FAILURES]
+        """Sends bulk ``actions`` in requests of at most ``bulk_max_bytes``; returns the
+        per-item results. A failed item raises after the rest were applied (bulk is not
+        atomic; upsert and delete are safe to retry): RESOURCE_EXHAUSTED when the cluster
+        pushed back (429), UNAVAILABLE for a server-side failure, INVALID_ARGUMENT when only
+        the items themselves were refused (4xx: a document the mapping cannot take)."""
+        items: list[Mapping[str, Any]] = []
+        for request in bodies.bulk_requests(actions, self._bulk_max_bytes):
+            with translated_errors(self._address, operation):
+                response = self._client.bulk(
+                    body=request,
+                    params={"refresh": self._refresh_param(), **self._timeout(operation)},
                 )
-                message = (
-                    f"OpenSearch at {self._address} refused {len(failed)} of {len(items)} "
-                    f"bulk items ({examples})"
-                )
-                if any(item.get("status") == 429 for item in failed):
-                    raise ResourceExhausted(message)
-                if any(int(item.get("status", 0)) >= 500 for item in failed):
-                    raise Unavailable(message)
-                raise RagfleetError(message)
+            items += [next(iter(item.values())) for item in response.get("items", [])]
+        failed = [item for item in items if item.get("error")]
+        if failed:
+            examples = "; ".join(
+                f"{item.get('_id')}: {_reason(item)}" for item in failed[:_MAX_REPORTED_FAILURES]
+            )
+            message = (
+                f"OpenSearch at {self._address} refused {len(failed)} of {len(items)} "
+                f"bulk items ({examples})"
+            )
+            statuses = [int(item.get("status", 0)) for item in failed]
+            if 429 in statuses:
+                raise ResourceExhausted(message)
+            if any(status >= 500 for status in statuses):
+                raise Unavailable(message)
+            if all(400 <= status < 500 for status in statuses):
+                raise InvalidInput(message)
+            raise RagfleetError(message)
         return items
 
     def upsert(self, chunks: Sequence[Chunk]) -> int:
@@ -328,7 +389,11 @@ class OpenSearchBackend:
     def _search(self, body: JsonObject, operation: str, **params: str) -> list[Mapping[str, Any]]:
         index = self._layout.index
         with translated_errors(self._address, f"{operation} on /{index}/_search"):
-            response = self._client.search(index=index, body=body, params=params or None)
+            response = self._client.search(
+                index=index,
+                body=body,
+                params={**self._read_params, **params, **self._timeout(operation)} or None,
+            )
         hits: list[Mapping[str, Any]] = response["hits"]["hits"]
         return hits
 
@@ -340,7 +405,8 @@ class OpenSearchBackend:
         self, vector: Sequence[float], k: int, filter: Filter = MATCH_ALL
     ) -> list[ScoredId]:
         space = self._layout.space_type
-        hits = self._search(bodies.dense_search(vector, k, filter, space), "dense search")
+        body = bodies.dense_search(vector, k, filter, space, self._ef_search)
+        hits = self._search(body, "dense search")
         to_cosine = bodies.COSINE_FROM_SCORE[space]
         return [ScoredId(hit["_id"], to_cosine(float(hit["_score"]))) for hit in hits]
 
@@ -370,7 +436,13 @@ class OpenSearchBackend:
         ) or (fusion is FusionMethod.RRF and rrf_k != pipeline_rrf_k):
             return None
         body = bodies.hybrid_search(
-            query, vector, max(k, candidate_k), candidate_k, filter, self._layout.space_type
+            query,
+            vector,
+            max(k, candidate_k),
+            candidate_k,
+            filter,
+            self._layout.space_type,
+            self._ef_search,
         )
         hits = self._search(body, "hybrid search", search_pipeline=name)
         return [ScoredId(hit["_id"], float(hit["_score"])) for hit in hits[:k]]
@@ -384,7 +456,11 @@ class OpenSearchBackend:
             response = self._client.mget(
                 index=index,
                 body={"ids": list(dict.fromkeys(ids))},
-                params={"_source_excludes": bodies.VECTOR},
+                params={
+                    "_source_excludes": bodies.VECTOR,
+                    **self._read_params,
+                    **self._timeout("fetch"),
+                },
             )
         return {
             doc["_id"]: bodies.chunk_from_source(doc["_id"], doc.get("_source", {}))

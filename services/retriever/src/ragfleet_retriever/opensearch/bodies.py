@@ -6,6 +6,7 @@ queries, ``delete_by_query`` and search pipelines.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,10 @@ JsonObject = dict[str, Any]
 BODY = "body"
 VECTOR = "vector"
 METADATA = "metadata"
+# Metadata is stored in ``_source`` but not indexed (no field per key, so user metadata can
+# neither exceed index.mapping.total_fields.limit nor clash on a key's type); filters match
+# ``key=value`` terms of this one keyword field instead. Keys cannot hold "=".
+METADATA_TERMS = "metadata_terms"
 
 # Cardinality counts are exact (up to hash collisions) below this many distinct values and
 # approximate above; 40,000 is the largest threshold OpenSearch accepts.
@@ -39,10 +44,19 @@ class Version(NamedTuple):
 
 
 # Efficient (in-graph) filtering of a faiss k-NN query arrived in 2.9; the hybrid query and the
-# normalization-processor in 2.10; the score-ranker-processor (RRF) in 2.19.
+# normalization-processor in 2.10; the score-ranker-processor (RRF) in 2.19, which reads its rank
+# constant from ``combination.parameters`` on 2.19-3.0 and from ``combination`` from 3.1
+# (neural-search #1370, #1418) and ranks per shard until 3.5 (global ranking: neural-search
+# #1718). A k-NN query takes ``method_parameters.ef_search`` from 2.16.
 MINIMUM_VERSION = Version(2, 9)
 HYBRID_MINIMUM_VERSION = Version(2, 10)
+QUERY_EF_SEARCH_VERSION = Version(2, 16)
 RRF_MINIMUM_VERSION = Version(2, 19)
+RRF_TOP_LEVEL_RANK_CONSTANT_VERSION = Version(3, 1)
+RRF_GLOBAL_RANKING_VERSION = Version(3, 5)
+# The lucene engine took at most 1,024 dimensions until k-NN 2.12 (16,000 since).
+LUCENE_OLD_MAX_DIMENSION = 1024
+LUCENE_LARGE_DIMENSION_VERSION = Version(2, 12)
 ENGINE_SPACE_MINIMUM_VERSION: Mapping[tuple[KnnEngine, SpaceType], Version] = {
     (KnnEngine.FAISS, SpaceType.INNERPRODUCT): Version(2, 9),
     (KnnEngine.FAISS, SpaceType.COSINESIMIL): Version(2, 19),
@@ -84,33 +98,27 @@ class IndexLayout:
 def index_body(layout: IndexLayout) -> JsonObject:
     """Settings and mappings of a new chunk index.
 
-    The mapping is strict: only the fields below are accepted. ``metadata`` is an object whose
-    string values are mapped as ``keyword`` by a dynamic template, so each metadata key is an
-    exact-match field (``metadata.<key>``) usable in filters. (``flat_object`` would avoid one
-    field per key, but its documentation rules out filtering by subfields.) ``body`` is left
-    out of ``_source``: it is derived from title, section and text.
+    The mapping is strict: only the fields below are accepted, and no value is ever guessed to
+    be a date or a number. ``metadata`` is kept in ``_source`` but not indexed; its pairs are
+    indexed as ``key=value`` keywords of ``metadata_terms``, so any number of keys costs one
+    field and filters stay exact matches. (``flat_object`` would also hold the field count, but
+    its documentation rules out filtering by subfields.) ``body`` is left out of ``_source``:
+    it is derived from title, section and text. ``ef_search`` is a parameter of the faiss
+    method (the index setting is read by nmslib only); queries also send it on 2.16+.
     """
-    index_settings: JsonObject = {
-        "number_of_shards": layout.shards,
-        "number_of_replicas": layout.replicas,
-        "knn": True,
-    }
-    if layout.engine is KnnEngine.FAISS:
-        index_settings["knn.algo_param.ef_search"] = layout.hnsw_ef_search
     return {
-        "settings": {"index": index_settings},
+        "settings": {
+            "index": {
+                "number_of_shards": layout.shards,
+                "number_of_replicas": layout.replicas,
+                "knn": True,
+            }
+        },
         "mappings": {
             "dynamic": "strict",
+            "date_detection": False,
+            "numeric_detection": False,
             "_source": {"excludes": [BODY]},
-            "dynamic_templates": [
-                {
-                    "metadata_as_keywords": {
-                        "path_match": f"{METADATA}.*",
-                        "match_mapping_type": "string",
-                        "mapping": {"type": "keyword"},
-                    }
-                }
-            ],
             "properties": {
                 "id": {"type": "keyword"},
                 "source": {"type": "keyword"},
@@ -119,7 +127,8 @@ def index_body(layout: IndexLayout) -> JsonObject:
                 "section": {"type": "text", "index": False},
                 "text": {"type": "text", "index": False},
                 BODY: {"type": "text", "analyzer": "english"},
-                METADATA: {"type": "object", "dynamic": True},
+                METADATA: {"type": "object", "enabled": False},
+                METADATA_TERMS: {"type": "keyword"},
                 VECTOR: vector_mapping(layout),
             },
         },
@@ -127,6 +136,9 @@ def index_body(layout: IndexLayout) -> JsonObject:
 
 
 def vector_mapping(layout: IndexLayout) -> JsonObject:
+    parameters: JsonObject = {"m": layout.hnsw_m, "ef_construction": layout.hnsw_ef_construction}
+    if layout.engine is KnnEngine.FAISS:
+        parameters["ef_search"] = layout.hnsw_ef_search
     return {
         "type": "knn_vector",
         "dimension": layout.dimension,
@@ -134,7 +146,7 @@ def vector_mapping(layout: IndexLayout) -> JsonObject:
             "name": "hnsw",
             "engine": layout.engine.value,
             "space_type": layout.space_type.value,
-            "parameters": {"m": layout.hnsw_m, "ef_construction": layout.hnsw_ef_construction},
+            "parameters": parameters,
         },
     }
 
@@ -163,10 +175,15 @@ def mapping_mismatches(layout: IndexLayout, mappings: Mapping[str, Any]) -> list
     body = properties.get(BODY)
     if not isinstance(body, Mapping) or body.get("type") != "text":
         problems.append(f"field {BODY!r} is not a text field")
-    for name in ("id", "source", "tenant"):
+    for name in ("id", "source", "tenant", METADATA_TERMS):
         field = properties.get(name)
         if not isinstance(field, Mapping) or field.get("type") != "keyword":
             problems.append(f"field {name!r} is not a keyword field")
+    if METADATA_TERMS not in properties:
+        problems.append(
+            f"the index predates field {METADATA_TERMS!r} (metadata filters): reindex into a "
+            "new index (RAGFLEET_RETRIEVER_OPENSEARCH_INDEX) with `ragfleet ingest`"
+        )
     return problems
 
 
@@ -211,6 +228,9 @@ def document(chunk: Chunk, space_type: SpaceType) -> JsonObject:
         "text": chunk.text,
         BODY: chunk.search_text,
         METADATA: dict(chunk.metadata),
+        METADATA_TERMS: [
+            metadata_term(key, value) for key, value in sorted(chunk.metadata.items())
+        ],
     }
     if chunk.vector:
         doc[VECTOR] = VECTOR_FOR_SPACE[space_type](chunk.vector)
@@ -243,6 +263,38 @@ def bulk_delete_actions(index: str, ids: Iterable[str]) -> list[JsonObject]:
     return [{"delete": {"_index": index, "_id": chunk_id}} for chunk_id in ids]
 
 
+# OpenSearch's bulk-indexing guide advises 5-15 MB per request; http.max_content_length
+# (100 MB by default) answers 413 above it.
+BULK_MAX_BYTES = 10 * 1024 * 1024
+
+
+def bulk_requests(actions: Sequence[JsonObject], max_bytes: int) -> list[list[JsonObject]]:
+    """``actions`` (bulk lines: an ``index`` action is followed by its document) cut into
+    requests of at most ``max_bytes`` of NDJSON, in order, an action never apart from its
+    document. An action larger than ``max_bytes`` on its own goes alone."""
+    requests: list[list[JsonObject]] = []
+    current: list[JsonObject] = []
+    size = 0
+    i = 0
+    while i < len(actions):
+        width = 2 if "index" in actions[i] else 1
+        group = list(actions[i : i + width])
+        group_bytes = sum(len(json.dumps(line, ensure_ascii=False).encode()) + 1 for line in group)
+        if current and size + group_bytes > max_bytes:
+            requests.append(current)
+            current, size = [], 0
+        current += group
+        size += group_bytes
+        i += width
+    if current:
+        requests.append(current)
+    return requests
+
+
+def metadata_term(key: str, value: str) -> str:
+    return f"{key}={value}"
+
+
 def filter_clauses(filter: Filter) -> list[JsonObject]:
     """Exact-match ``term`` clauses for a filter; empty for a filter that matches everything."""
     clauses: list[JsonObject] = [
@@ -251,7 +303,8 @@ def filter_clauses(filter: Filter) -> list[JsonObject]:
         if value
     ]
     clauses += [
-        {"term": {f"{METADATA}.{key}": value}} for key, value in sorted(filter.equals.items())
+        {"term": {METADATA_TERMS: metadata_term(key, value)}}
+        for key, value in sorted(filter.equals.items())
     ]
     return clauses
 
@@ -266,10 +319,14 @@ def _lexical_clause(query: str, filter: Filter) -> JsonObject:
     }
 
 
-def _knn_clause(vector: Sequence[float], k: int, filter: Filter, space: SpaceType) -> JsonObject:
+def _knn_clause(
+    vector: Sequence[float], k: int, filter: Filter, space: SpaceType, ef_search: int | None
+) -> JsonObject:
     # The filter inside the knn clause is efficient filtering: applied while the graph is
     # searched (or by an exact scan of the filtered set), so k hits come back whenever k match.
     clause: JsonObject = {VECTOR: VECTOR_FOR_SPACE[space](vector), "k": k}
+    if ef_search is not None:
+        clause["method_parameters"] = {"ef_search": max(ef_search, k)}
     clauses = filter_clauses(filter)
     if clauses:
         clause["filter"] = {"bool": {"filter": clauses}}
@@ -285,12 +342,19 @@ def lexical_search(query: str, k: int, filter: Filter) -> JsonObject:
     }
 
 
-def dense_search(vector: Sequence[float], k: int, filter: Filter, space: SpaceType) -> JsonObject:
+def dense_search(
+    vector: Sequence[float],
+    k: int,
+    filter: Filter,
+    space: SpaceType,
+    ef_search: int | None = None,
+) -> JsonObject:
+    """``ef_search`` (None on clusters before 2.16) is sent per query, raised to ``k``."""
     return {
         "size": k,
         "_source": False,
         "track_total_hits": False,
-        "query": _knn_clause(vector, k, filter, space),
+        "query": _knn_clause(vector, k, filter, space, ef_search),
     }
 
 
@@ -301,6 +365,7 @@ def hybrid_search(
     candidate_k: int,
     filter: Filter,
     space: SpaceType,
+    ef_search: int | None = None,
 ) -> JsonObject:
     """A ``hybrid`` query: lexical first, dense second (the order the pipelines' weights
     follow). Each sub-query carries the filter itself, which works on every version that has
@@ -313,7 +378,7 @@ def hybrid_search(
             "hybrid": {
                 "queries": [
                     _lexical_clause(query, filter),
-                    _knn_clause(vector, candidate_k, filter, space),
+                    _knn_clause(vector, candidate_k, filter, space, ef_search),
                 ]
             }
         },
@@ -344,7 +409,7 @@ def stats_search() -> JsonObject:
     }
 
 
-def _normalization_pipeline(dense_weight: float, _rrf_k: int) -> JsonObject:
+def _normalization_pipeline(dense_weight: float, _rrf_k: int, _version: Version) -> JsonObject:
     # min_max + weighted arithmetic mean is WeightedFusion (ragfleet.fusion); the weights follow
     # the hybrid query's order (lexical, dense) and must sum to 1.
     return {
@@ -363,20 +428,19 @@ def _normalization_pipeline(dense_weight: float, _rrf_k: int) -> JsonObject:
     }
 
 
-def _rrf_pipeline(_dense_weight: float, rrf_k: int) -> JsonObject:
+def _rrf_pipeline(_dense_weight: float, rrf_k: int, version: Version) -> JsonObject:
+    combination: JsonObject = {"technique": "rrf"}
+    if version >= RRF_TOP_LEVEL_RANK_CONSTANT_VERSION:
+        combination["rank_constant"] = rrf_k
+    else:
+        combination["parameters"] = {"rank_constant": rrf_k}
     return {
         "description": "ragfleet hybrid search: reciprocal rank fusion",
-        "phase_results_processors": [
-            {
-                "score-ranker-processor": {
-                    "combination": {"technique": "rrf", "rank_constant": rrf_k}
-                }
-            }
-        ],
+        "phase_results_processors": [{"score-ranker-processor": {"combination": combination}}],
     }
 
 
-PIPELINE_BODY: Mapping[FusionMethod, Callable[[float, int], JsonObject]] = {
+PIPELINE_BODY: Mapping[FusionMethod, Callable[[float, int, Version], JsonObject]] = {
     FusionMethod.WEIGHTED: _normalization_pipeline,
     FusionMethod.RRF: _rrf_pipeline,
 }

@@ -40,8 +40,10 @@ def address_of(url: str) -> str:
 
 
 def make_client(settings: RetrieverSettings) -> OpenSearch:
-    """A client for ``settings.opensearch_url``: one request timeout for connect and read, a
-    bounded number of retries (connection failures and 502/503/504 only, never timeouts)."""
+    """A client for ``settings.opensearch_url``: one request timeout for connect and read (an
+    RPC's calls get less when its deadline is nearer: ``OpenSearchBackend``), a bounded number
+    of retries on connection failures and 502/503/504. A connect timeout is a connection failure
+    to opensearch-py, so it is retried; a read timeout (the cluster took the request) is not."""
     options: dict[str, Any] = {
         "timeout": settings.opensearch_timeout_s,
         "max_retries": settings.opensearch_max_retries,
