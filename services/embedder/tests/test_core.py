@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ragfleet.domain import InputType
 from ragfleet.runtime.errors import InvalidInput, ModelLoadError, Unavailable
-from ragfleet_embedder.core import Embedder, InputType
+from ragfleet_embedder.core import Embedder
 from ragfleet_embedder.fakes import FakeEmbeddingModel
 from ragfleet_embedder.model import INSTALL_HINT, verify_model_files
 from ragfleet_embedder.settings import EmbedderSettings

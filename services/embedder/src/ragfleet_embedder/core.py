@@ -4,13 +4,13 @@ here."""
 from __future__ import annotations
 
 import asyncio
-import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
+from ragfleet.domain import InputType
 from ragfleet.rerank import Reranker
 from ragfleet.runtime.errors import FailedPrecondition, InvalidInput, Unavailable
 from ragfleet.runtime.logging import get_logger
@@ -19,13 +19,6 @@ from ragfleet_embedder.model import EmbeddingModel
 from ragfleet_embedder.settings import EmbedderSettings
 
 log = get_logger(__name__)
-
-
-class InputType(enum.Enum):
-    """What a text is; models such as e5 embed queries and passages with different prefixes."""
-
-    QUERY = "query"
-    PASSAGE = "passage"
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,10 @@ from typing import Any
 
 import grpc
 
+from ragfleet.domain import InputType
 from ragfleet.embedder.v1 import embedder_pb2, embedder_pb2_grpc
 from ragfleet.runtime.errors import InvalidInput
-from ragfleet_embedder.core import Embedder, InputType
+from ragfleet_embedder.core import Embedder
 
 _INPUT_TYPES: dict[int, InputType] = {
     embedder_pb2.INPUT_TYPE_UNSPECIFIED: InputType.PASSAGE,
