@@ -128,3 +128,11 @@ def test_unreadable_files(tmp_path: Path, name: str, text: str, message: str) ->
         load_configs(path)
     with pytest.raises(InvalidInput, match="does not exist"):
         load_configs(tmp_path / "missing.toml")
+
+
+def test_datasets_dir_is_beside_the_repository(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ragfleet_tools.eval.beir import DATASETS_ENV, datasets_dir
+
+    monkeypatch.delenv(DATASETS_ENV, raising=False)
+    root = Path(__file__).resolve().parents[2]
+    assert datasets_dir() == (root.parent / "shared" / "datasets").resolve()

@@ -18,7 +18,7 @@ from ragfleet.chunking import Document
 from ragfleet.runtime.errors import InvalidInput
 
 DATASETS_ENV = "RAGFLEET_DATASETS_DIR"
-_REPO_ROOT = Path(__file__).resolve().parents[3]
+_REPO_ROOT = Path(__file__).resolve().parents[4]
 
 
 def datasets_dir() -> Path:
@@ -60,12 +60,12 @@ class BeirDataset:
             row["_id"]: Document(
                 source=row["_id"], text=row.get("text", ""), title=row.get("title", "")
             )
-            for row in _jsonl(corpus_file, corpus_bytes.decode("utf-8"))
+            for row in read_jsonl(corpus_file, corpus_bytes.decode("utf-8"))
         }
-        qrels = _qrels(qrels_file)
+        qrels = read_qrels(qrels_file)
         all_queries = {
             row["_id"]: row["text"]
-            for row in _jsonl(queries_file, queries_file.read_text(encoding="utf-8"))
+            for row in read_jsonl(queries_file, queries_file.read_text(encoding="utf-8"))
         }
         queries = {qid: all_queries[qid] for qid in qrels if qid in all_queries}
         if not queries:
@@ -80,7 +80,7 @@ class BeirDataset:
         )
 
 
-def _jsonl(path: Path, text: str) -> list[dict[str, str]]:
+def read_jsonl(path: Path, text: str) -> list[dict[str, str]]:
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -95,7 +95,7 @@ def _jsonl(path: Path, text: str) -> list[dict[str, str]]:
     return rows
 
 
-def _qrels(path: Path) -> dict[str, dict[str, int]]:
+def read_qrels(path: Path) -> dict[str, dict[str, int]]:
     qrels: dict[str, dict[str, int]] = {}
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle, delimiter="\t")
