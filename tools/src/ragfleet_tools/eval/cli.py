@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +14,7 @@ import typer
 from ragfleet.runtime.errors import RagfleetError
 from ragfleet.runtime.logging import configure_logging
 
-eval_app = typer.Typer(help="Evaluate retrieval quality offline.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate retrieval and answer quality offline.", no_args_is_help=True)
 
 DEFAULT_CACHE = Path("var/eval-cache")
 
@@ -74,3 +75,87 @@ def retrieval(
         typer.echo(json.dumps(evaluation.as_json(), indent=2))
     else:
         typer.echo(markdown_table(evaluation), nl=False)
+
+
+@eval_app.command()
+def answers(
+    dataset: Annotated[
+        Path,
+        typer.Option(
+            help="a BEIR folder whose queries.jsonl rows carry metadata.answers and "
+            "metadata.answerable, with qrels/<split>.tsv (e.g. clapnq/derived)"
+        ),
+    ],
+    split: Annotated[
+        str, typer.Option(help="the qrels file naming the answering passages")
+    ] = "dev",
+    limit: Annotated[
+        int | None,
+        typer.Option(help="ask this many questions, half answerable and half not (default: all)"),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="which questions --limit picks")] = 0,
+    timeout: Annotated[float, typer.Option(help="seconds per question")] = 300.0,
+    report: Annotated[Path | None, typer.Option(help="write a Markdown report here")] = None,
+    cache_dir: Annotated[
+        Path, typer.Option(help="the corpus index and the answers are kept here")
+    ] = DEFAULT_CACHE,
+) -> None:
+    """Answer quality of the whole system: every question through the gateway's ask, on the
+    fleet's own components in this process (RAGFLEET_<SERVICE>_* settings apply), scored
+    against reference answers and judged passages with 95% bootstrap intervals. Answers are
+    cached per question and configuration: a rerun or a larger --limit resumes."""
+    import asyncio
+
+    from ragfleet_gateway.settings import GatewaySettings
+    from ragfleet_generator.settings import GeneratorSettings
+    from ragfleet_tools.eval import answers as harness
+    from ragfleet_tools.eval.local_fleet import LocalFleet
+
+    configure_logging("WARNING", fmt="console")
+
+    def progress(message: str) -> None:
+        typer.echo(message, err=True)
+
+    async def run() -> str:
+        data = harness.AnswerSet.load(dataset, split)
+        questions = data.sample(limit, seed)
+        gateway = GatewaySettings()
+        model = GeneratorSettings().default_model
+        key = harness.config_key(gateway, model, data.fingerprint)
+        folder = cache_dir / "answers" / f"{data.name}-{data.fingerprint}"
+        cache = harness.ResultCache(folder / f"{key}.jsonl")
+        todo = [q for q in questions if q.id not in cache.results]
+        progress(
+            f"{data.name} {split}: {len(questions)} questions, {len(todo)} to ask "
+            f"(configuration {key}, model {model})"
+        )
+        if todo:
+            async with LocalFleet.open(folder / "index", gateway) as fleet:
+                if (await fleet.retriever.stats()).sources < len(data.corpus):
+                    await harness.ingest(fleet.pipeline, data, progress)
+                started = time.monotonic()
+                for done, question in enumerate(todo, start=1):
+                    cache.add(await harness.ask(fleet.pipeline, question, timeout))
+                    elapsed = time.monotonic() - started
+                    eta = elapsed / done * (len(todo) - done)
+                    progress(f"asked {done}/{len(todo)}, about {eta / 60:.0f} min left")
+        results = {q.id: cache.results[q.id] for q in questions}
+        metrics, _ = harness.score(questions, results)
+        timing = harness.latency(list(results.values()))
+        header = (
+            f"{data.name} {split}, {len(questions)} questions (seed {seed}), model {model}, "
+            f"configuration {key}"
+        )
+        return harness.markdown(metrics, timing, header)
+
+    try:
+        table = asyncio.run(run())
+    except RagfleetError as exc:
+        typer.secho(exc.message, err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from None
+    if report is not None:
+        command = shlex.join(["ragfleet", *sys.argv[1:]])
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(f"{table}\nCommand: `{command}`\n", encoding="utf-8")
+        progress(f"report: {report}")
+    typer.echo(table, nl=False)
