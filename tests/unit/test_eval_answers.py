@@ -21,6 +21,7 @@ from ragfleet_tools.eval.answers import (
     bootstrap,
     config_key,
     ingest,
+    paired,
     score,
 )
 
@@ -98,11 +99,19 @@ def test_metrics_per_kind_of_question() -> None:
     }
     metrics, per = score(questions, results)
     by_name = {m.name: m for m in metrics}
-    assert per["RougeL F1 vs reference"][0] == pytest.approx(1.0)
+    assert per["RougeL F1 vs reference"]["a"] == pytest.approx(1.0)
     assert by_name["citation precision"].value == pytest.approx(0.5)
     assert by_name["citation recall"].value == 1.0 and by_name["citation recall"].n == 1
     assert by_name["answerable refused"].value == 0.5
     assert by_name["unanswerable declined"].value == 1.0
+
+
+def test_paired_differences_use_the_questions_both_runs_measured() -> None:
+    current = {"m": {"a": 1.0, "b": 1.0, "c": 0.5}}
+    baseline = {"m": {"a": 0.0, "b": 1.0}}
+    [difference] = paired(current, baseline)
+    assert (difference.value, difference.n) == (0.5, 2)
+    assert difference.low == 0.0 and difference.high == 1.0
 
 
 def test_the_bootstrap_interval_holds_the_mean_and_narrows_with_more_data() -> None:

@@ -221,38 +221,55 @@ def bootstrap(values: Sequence[float], seed: int = 0) -> tuple[float, float, flo
 _SCORER = rouge_scorer.RougeScorer(["rougeL", "rouge1"], use_stemmer=False)
 
 
+PerQuestion = dict[str, dict[str, float]]
+"""Metric name -> question id -> value, for the questions the metric applies to."""
+
+
 def score(
     questions: Sequence[Question], results: Mapping[str, Result]
-) -> tuple[list[Metric], dict[str, list[float]]]:
+) -> tuple[list[Metric], PerQuestion]:
     """Every metric with its interval, and the per-question values they came from."""
-    per: dict[str, list[float]] = {
-        "RougeL F1 vs reference": [],
-        "Rouge-1 recall vs reference": [],
-        "RougeL F1 vs cited passages": [],
-        "citation precision": [],
-        "citation recall": [],
-        "answerable refused": [],
-        "unanswerable declined": [],
-    }
+    names = (
+        "RougeL F1 vs reference",
+        "Rouge-1 recall vs reference",
+        "RougeL F1 vs cited passages",
+        "citation precision",
+        "citation recall",
+        "answerable refused",
+        "unanswerable declined",
+    )
+    per: PerQuestion = {name: {} for name in names}
     for question in questions:
-        result = results[question.id]
+        qid, result = question.id, results[question.id]
         if not question.answerable:
-            per["unanswerable declined"].append(float(not result.answered))
+            per["unanswerable declined"][qid] = float(not result.answered)
             continue
-        per["answerable refused"].append(float(not result.answered))
+        per["answerable refused"][qid] = float(not result.answered)
         scores = [_SCORER.score(ref, result.answer) for ref in question.answers]
-        per["RougeL F1 vs reference"].append(max(s["rougeL"].fmeasure for s in scores))
-        per["Rouge-1 recall vs reference"].append(max(s["rouge1"].recall for s in scores))
+        per["RougeL F1 vs reference"][qid] = max(s["rougeL"].fmeasure for s in scores)
+        per["Rouge-1 recall vs reference"][qid] = max(s["rouge1"].recall for s in scores)
         if result.cited:
             cited = set(result.cited)
-            per["citation precision"].append(len(cited & question.gold) / len(cited))
-            per["RougeL F1 vs cited passages"].append(
-                _SCORER.score(result.cited_text, result.answer)["rougeL"].fmeasure
-            )
+            per["citation precision"][qid] = len(cited & question.gold) / len(cited)
+            per["RougeL F1 vs cited passages"][qid] = _SCORER.score(
+                result.cited_text, result.answer
+            )["rougeL"].fmeasure
         if result.answered and question.gold:
-            per["citation recall"].append(float(bool(set(result.cited) & question.gold)))
-    metrics = [Metric(name, *bootstrap(values), len(values)) for name, values in per.items()]
+            per["citation recall"][qid] = float(bool(set(result.cited) & question.gold))
+    metrics = [Metric(n, *bootstrap(list(v.values())), len(v)) for n, v in per.items()]
     return metrics, per
+
+
+def paired(current: PerQuestion, baseline: PerQuestion) -> list[Metric]:
+    """Per metric, the mean difference current - baseline over the questions both measured,
+    with its 95% bootstrap interval (paired: the same questions, so question difficulty
+    cancels out)."""
+    differences = []
+    for name, values in current.items():
+        shared = sorted(set(values) & set(baseline.get(name, {})))
+        deltas = [values[q] - baseline[name][q] for q in shared]
+        differences.append(Metric(name, *bootstrap(deltas), len(deltas)))
+    return differences
 
 
 def latency(results: Sequence[Result]) -> dict[str, float]:
@@ -266,10 +283,19 @@ def latency(results: Sequence[Result]) -> dict[str, float]:
     }
 
 
-def markdown(metrics: Sequence[Metric], timing: Mapping[str, float], header: str) -> str:
+def markdown(
+    metrics: Sequence[Metric],
+    timing: Mapping[str, float],
+    header: str,
+    differences: Sequence[Metric] = (),
+) -> str:
     lines = [header, "", "| metric | value | 95% CI | n |", "|---|---|---|---|"]
     for m in metrics:
         lines.append(f"| {m.name} | {m.value:.3f} | {m.low:.3f} to {m.high:.3f} | {m.n} |")
+    if differences:
+        lines += ["", "| against the baseline | difference | 95% CI | n |", "|---|---|---|---|"]
+        for d in differences:
+            lines.append(f"| {d.name} | {d.value:+.3f} | {d.low:+.3f} to {d.high:+.3f} | {d.n} |")
     lines += ["", "| latency | ms |", "|---|---|"]
     lines += [f"| {name} | {value:.0f} |" for name, value in timing.items()]
     return "\n".join(lines) + "\n"

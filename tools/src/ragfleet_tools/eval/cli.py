@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from ragfleet.runtime.errors import RagfleetError
+from ragfleet.runtime.errors import InvalidInput, RagfleetError
 from ragfleet.runtime.logging import configure_logging
 
 eval_app = typer.Typer(help="Evaluate retrieval and answer quality offline.", no_args_is_help=True)
@@ -96,6 +96,13 @@ def answers(
     seed: Annotated[int, typer.Option(help="which questions --limit picks")] = 0,
     timeout: Annotated[float, typer.Option(help="seconds per question")] = 300.0,
     report: Annotated[Path | None, typer.Option(help="write a Markdown report here")] = None,
+    baseline: Annotated[
+        str | None,
+        typer.Option(
+            help="the configuration (its key, printed by an earlier run) to compare with, "
+            "question by question"
+        ),
+    ] = None,
     cache_dir: Annotated[
         Path, typer.Option(help="the corpus index and the answers are kept here")
     ] = DEFAULT_CACHE,
@@ -140,13 +147,21 @@ def answers(
                     eta = elapsed / done * (len(todo) - done)
                     progress(f"asked {done}/{len(todo)}, about {eta / 60:.0f} min left")
         results = {q.id: cache.results[q.id] for q in questions}
-        metrics, _ = harness.score(questions, results)
+        metrics, per = harness.score(questions, results)
+        differences: list[harness.Metric] = []
+        if baseline is not None:
+            earlier = harness.ResultCache(folder / f"{baseline}.jsonl")
+            if not earlier.results:
+                raise InvalidInput(f"baseline: no answers of configuration {baseline} in {folder}")
+            asked = [q for q in questions if q.id in earlier.results]
+            _, before = harness.score(asked, earlier.results)
+            differences = harness.paired(per, before)
         timing = harness.latency(list(results.values()))
         header = (
             f"{data.name} {split}, {len(questions)} questions (seed {seed}), model {model}, "
-            f"configuration {key}"
+            f"configuration {key}" + (f", against {baseline}" if baseline else "")
         )
-        return harness.markdown(metrics, timing, header)
+        return harness.markdown(metrics, timing, header, differences)
 
     try:
         table = asyncio.run(run())
