@@ -3,7 +3,7 @@
 The corpus is chunked with ``ragfleet.chunking``, embedded with the embedder service's model and
 query/passage handling (``EmbedderEncoder``), and indexed in the retriever service's
 ``EmbeddedBackend`` (SQLite + tantivy BM25 + usearch); hybrid rankings are fused with
-``ragfleet.fusion``, exactly as the gateway fuses them. So a configuration scores here what it
+``ragfleet.fusion``, exactly as the retriever fuses them. So a configuration scores here what it
 scores in the fleet.
 
 Built indexes are cached under
