@@ -505,7 +505,8 @@ def parse_args() -> argparse.Namespace:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="a setting for the services (e.g. RAGFLEET_RETRIEVER_DEFAULT_CANDIDATE_K=100); repeatable",
+        help="a setting for the services (e.g. RAGFLEET_RETRIEVER_DEFAULT_CANDIDATE_K=100); "
+        "repeatable",
     )
     parser.add_argument("--startup-timeout", type=float, default=600.0)
     parser.add_argument("--timeout", type=float, default=30.0, help="deadline of each Retrieve")

@@ -27,6 +27,7 @@ from ragfleet.domain import (
     TokenEvent,
 )
 from ragfleet.runtime.channels import Deadline
+from ragfleet.runtime.errors import FailedPrecondition
 from ragfleet_embedder.core import Embedder
 from ragfleet_embedder.model import SentenceTransformerEmbedder
 from ragfleet_embedder.settings import EmbedderSettings
@@ -67,12 +68,14 @@ class _Retriever:
 
 
 class _Generator:
-    def __init__(self, core: GeneratorCore) -> None:
+    def __init__(self, core: GeneratorCore | None) -> None:
         self._core = core
 
     async def generate(
         self, params: GenerationParams, deadline: Deadline, reserve_s: float = 0.0
     ) -> AsyncGenerator[GenerationEvent, None]:
+        if self._core is None:
+            raise FailedPrecondition("this local fleet was opened without a generator")
         request = GenerationRequest(
             messages=[MessageInput(m.role, m.content) for m in params.messages],
             model=params.model,
@@ -88,6 +91,10 @@ class _Generator:
                 yield GenerationDone(model, str(event.finish_reason), event.usage)
 
 
+async def _none() -> None:
+    return None
+
+
 @dataclass
 class LocalFleet:
     pipeline: RagPipeline
@@ -97,10 +104,11 @@ class LocalFleet:
     @classmethod
     @contextlib.asynccontextmanager
     async def open(
-        cls, index_dir: Path, gateway: GatewaySettings | None = None
+        cls, index_dir: Path, gateway: GatewaySettings | None = None, *, generate: bool = True
     ) -> AsyncIterator[LocalFleet]:
-        """Loads the embedding model, the index in ``index_dir`` and the default generator
-        model (blocking work runs in worker threads); closes them on exit."""
+        """Loads the embedding model, the index in ``index_dir`` and (unless ``generate`` is
+        false: retrieval and ingestion only) the default generator model; blocking work runs
+        in worker threads. Closes them on exit."""
         embedder_settings = EmbedderSettings()
         embedder = Embedder(
             embedder_settings,
@@ -117,7 +125,7 @@ class LocalFleet:
         generator_settings = GeneratorSettings()
         model = generator_settings.served_models()[0]
         generator, *_ = await asyncio.gather(
-            asyncio.to_thread(build_model_core, model, generator_settings),
+            asyncio.to_thread(build_model_core, model, generator_settings) if generate else _none(),
             embedder.load(),
             retriever.load(),
         )
