@@ -24,6 +24,7 @@ from ragfleet_tools.eval.answers import (
     paired,
     score,
 )
+from ragfleet_tools.eval.sweep import load_sweep
 
 pytestmark = pytest.mark.unit
 
@@ -144,3 +145,35 @@ async def test_a_question_through_the_pipeline_records_its_answer(tmp_path: Path
     assert got.shown[0] == "p1" and 0 < got.ttft_ms <= got.total_ms
     metrics, _ = score(data.questions[:1], {got.id: got})
     assert {m.name: m.value for m in metrics}["citation precision"] == 1.0
+
+
+def test_a_sweep_file_names_a_baseline_and_configurations(tmp_path: Path) -> None:
+    path = tmp_path / "sweep.toml"
+    path.write_text(
+        '[baseline]\ndefault_top_k = 4\n\n[[config]]\nname = "three"\ndefault_top_k = 3\n\n'
+        '[[config]]\nname = "short"\ncontext_budget_chars = 1600\n'
+    )
+    baseline, three, short = load_sweep(path)
+    assert (baseline.name, baseline.settings.default_top_k) == ("baseline", 4)
+    assert (three.name, three.settings.default_top_k) == ("three", 3)
+    assert (short.settings.default_top_k, short.settings.context_budget_chars) == (4, 1600)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[[config]]\nname = "a"\ndefault_top_kk = 3\n', "did you mean 'default_top_k'"),
+        ('[[config]]\nname = "a"\ndefault_top_k = 0\n', r"config\[0\]\.default_top_k"),
+        ("[[config]]\ndefault_top_k = 3\n", r"config\[0\]\.name: required"),
+        ("[baseline]\n", "has no \\[\\[config\\]\\]"),
+        ("[grid]\n", "unknown table"),
+        ("[[config]\n", "cannot read"),
+    ],
+)
+def test_a_bad_sweep_file_is_refused_naming_what_to_fix(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "sweep.toml"
+    path.write_text(text)
+    with pytest.raises(InvalidInput, match=message):
+        load_sweep(path)

@@ -103,6 +103,13 @@ def answers(
             "question by question"
         ),
     ] = None,
+    sweep: Annotated[
+        Path | None,
+        typer.Option(
+            help="a TOML file: a [baseline] and [[config]] tables of gateway settings; every "
+            "configuration is compared with the baseline question by question"
+        ),
+    ] = None,
     cache_dir: Annotated[
         Path, typer.Option(help="the corpus index and the answers are kept here")
     ] = DEFAULT_CACHE,
@@ -117,6 +124,11 @@ def answers(
     from ragfleet_generator.settings import GeneratorSettings
     from ragfleet_tools.eval import answers as harness
     from ragfleet_tools.eval.local_fleet import LocalFleet
+    from ragfleet_tools.eval.sweep import Configuration, load_sweep
+
+    if sweep is not None and baseline is not None:
+        typer.secho("--sweep names its own baseline: drop --baseline", err=True, fg="red")
+        raise typer.Exit(2)
 
     configure_logging("WARNING", fmt="console")
 
@@ -126,42 +138,59 @@ def answers(
     async def run() -> str:
         data = harness.AnswerSet.load(dataset, split)
         questions = data.sample(limit, seed)
-        gateway = GatewaySettings()
+        configurations = (
+            load_sweep(sweep) if sweep is not None else [Configuration("", GatewaySettings())]
+        )
         model = GeneratorSettings().default_model
-        key = harness.config_key(gateway, model, data.fingerprint)
         folder = cache_dir / "answers" / f"{data.name}-{data.fingerprint}"
-        cache = harness.ResultCache(folder / f"{key}.jsonl")
-        todo = [q for q in questions if q.id not in cache.results]
+        caches = [
+            harness.ResultCache(
+                folder / f"{harness.config_key(c.settings, model, data.fingerprint)}.jsonl"
+            )
+            for c in configurations
+        ]
+        todo = sum(q.id not in cache.results for cache in caches for q in questions)
         progress(
-            f"{data.name} {split}: {len(questions)} questions, {len(todo)} to ask "
-            f"(configuration {key}, model {model})"
+            f"{data.name} {split}: {len(questions)} questions x {len(caches)} configuration(s), "
+            f"{todo} answers to make (model {model})"
         )
         if todo:
-            async with LocalFleet.open(folder / "index", gateway) as fleet:
+            async with LocalFleet.open(folder / "index") as fleet:
                 if (await fleet.retriever.stats()).sources < len(data.corpus):
                     await harness.ingest(fleet.pipeline, data, progress)
-                started = time.monotonic()
-                for done, question in enumerate(todo, start=1):
-                    cache.add(await harness.ask(fleet.pipeline, question, timeout))
-                    elapsed = time.monotonic() - started
-                    eta = elapsed / done * (len(todo) - done)
-                    progress(f"asked {done}/{len(todo)}, about {eta / 60:.0f} min left")
-        results = {q.id: cache.results[q.id] for q in questions}
-        metrics, per = harness.score(questions, results)
-        differences: list[harness.Metric] = []
+                started, done = time.monotonic(), 0
+                for configuration, cache in zip(configurations, caches, strict=True):
+                    pipeline = fleet.pipeline_for(configuration.settings)
+                    for question in questions:
+                        if question.id in cache.results:
+                            continue
+                        cache.add(await harness.ask(pipeline, question, timeout))
+                        done += 1
+                        eta = (time.monotonic() - started) / done * (todo - done)
+                        progress(f"asked {done}/{todo}, about {eta / 60:.0f} min left")
+        baseline_per: harness.PerQuestion | None = None
         if baseline is not None:
             earlier = harness.ResultCache(folder / f"{baseline}.jsonl")
             if not earlier.results:
                 raise InvalidInput(f"baseline: no answers of configuration {baseline} in {folder}")
             asked = [q for q in questions if q.id in earlier.results]
-            _, before = harness.score(asked, earlier.results)
-            differences = harness.paired(per, before)
-        timing = harness.latency(list(results.values()))
-        header = (
-            f"{data.name} {split}, {len(questions)} questions (seed {seed}), model {model}, "
-            f"configuration {key}" + (f", against {baseline}" if baseline else "")
-        )
-        return harness.markdown(metrics, timing, header, differences)
+            _, baseline_per = harness.score(asked, earlier.results)
+        tables = []
+        for configuration, cache in zip(configurations, caches, strict=True):
+            results = {q.id: cache.results[q.id] for q in questions}
+            metrics, per = harness.score(questions, results)
+            differences = harness.paired(per, baseline_per) if baseline_per is not None else []
+            if sweep is not None and baseline_per is None:
+                baseline_per = per  # the sweep's own baseline comes first
+            key = cache.path.stem
+            name = f"{configuration.name} ({key})" if configuration.name else key
+            header = (
+                f"{data.name} {split}, {len(questions)} questions (seed {seed}), model {model}, "
+                f"configuration {name}" + (f", against {baseline}" if baseline else "")
+            )
+            timing = harness.latency(list(results.values()))
+            tables.append(harness.markdown(metrics, timing, header, differences))
+        return "\n".join(tables)
 
     try:
         table = asyncio.run(run())

@@ -97,9 +97,16 @@ async def _none() -> None:
 
 @dataclass
 class LocalFleet:
+    """``pipeline`` is the gateway as configured; ``pipeline_for`` makes one with other gateway
+    settings over the same loaded components (configurations compared without reloading)."""
+
     pipeline: RagPipeline
     retriever: Retriever
     embedder: Embedder
+    _upstreams: tuple[_Embedder, _Retriever, _Generator]
+
+    def pipeline_for(self, settings: GatewaySettings) -> RagPipeline:
+        return RagPipeline(settings, *self._upstreams)
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -130,12 +137,8 @@ class LocalFleet:
             retriever.load(),
         )
         try:
-            pipeline = RagPipeline(
-                gateway or GatewaySettings(),
-                _Embedder(embedder),
-                _Retriever(retriever),
-                _Generator(generator),
-            )
-            yield cls(pipeline, retriever, embedder)
+            upstreams = (_Embedder(embedder), _Retriever(retriever), _Generator(generator))
+            pipeline = RagPipeline(gateway or GatewaySettings(), *upstreams)
+            yield cls(pipeline, retriever, embedder, upstreams)
         finally:
             await asyncio.gather(retriever.close(), embedder.close())
