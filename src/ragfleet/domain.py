@@ -6,6 +6,7 @@ converters for chunks and search modes.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -14,6 +15,25 @@ from pathlib import Path
 from ragfleet.common.v1 import common_pb2
 from ragfleet.fusion import FusionMethod
 from ragfleet.runtime.errors import InvalidInput, ModelLoadError
+
+# Metadata every backend can hold and filter on: a key is 1 to 64 letters, digits, '_' or '-'
+# (it is half of a "key=value" term in OpenSearch, and "=" must not occur in it).
+METADATA_KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_METADATA_VALUE_CHARS = 2048
+
+
+def check_metadata(name: str, metadata: Mapping[str, str]) -> None:
+    """Raises ``InvalidInput`` naming ``name[key]`` for a key or value no backend can hold."""
+    for key, value in metadata.items():
+        if not METADATA_KEY_PATTERN.fullmatch(key):
+            raise InvalidInput(
+                f"{name}[{key!r}]: not a metadata key; metadata keys are 1 to 64 letters, "
+                "digits, '_' or '-'"
+            )
+        if len(value) > MAX_METADATA_VALUE_CHARS:
+            raise InvalidInput(
+                f"{name}[{key!r}]: at most {MAX_METADATA_VALUE_CHARS} characters, got {len(value)}"
+            )
 
 
 class SearchMode(StrEnum):

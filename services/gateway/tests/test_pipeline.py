@@ -335,6 +335,23 @@ async def test_ingest_embeds_in_batches_and_replaces_a_source() -> None:
     assert [c.text for c in intro] == ["ragfleet is new."]
 
 
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [({"a.b": "x"}, "not a metadata key"), ({"k": "v" * 2049}, "at most 2048 characters")],
+)
+async def test_reingesting_with_metadata_no_index_can_hold_changes_nothing(
+    metadata: dict[str, str], message: str
+) -> None:
+    """The metadata rule is checked before the source's old chunks are deleted."""
+    pipeline, _, retriever, _ = make()
+    await pipeline.ingest(DOCS, "", Deadline.after(10))
+    before = dict(retriever.chunks)
+    bad = Document(source="intro.txt", title="Intro", text="new text", metadata=metadata)
+    with pytest.raises(InvalidInput, match=rf"documents\[0\]\.metadata\[.*{message}"):
+        await pipeline.ingest([bad], "", Deadline.after(10))
+    assert retriever.chunks == before
+
+
 async def test_ingest_leaves_the_index_alone_when_embedding_fails() -> None:
     pipeline, embedder, retriever, _ = make()
     await pipeline.ingest(DOCS, "", Deadline.after(10))

@@ -24,7 +24,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
-from ragfleet.domain import SearchMode
+from ragfleet.domain import SearchMode, check_metadata
 from ragfleet.fusion import FusionMethod, check_options
 from ragfleet.runtime.errors import InvalidInput
 from ragfleet_gateway.domain import AskRequest, Document, RetrievalOptions, RetrievalRequest
@@ -61,9 +61,12 @@ def check_text(value: str, field: str, *, short: bool = True) -> None:
 
 
 def check_labels(values: Mapping[str, str], field: str) -> None:
+    """Metadata (of a document or a filter): text any service can carry, keys and values the
+    index can hold (``ragfleet.domain.check_metadata``), checked before anything changes."""
     for key, value in values.items():
         check_text(key, f"{field} key {quote(key)}")
         check_text(value, f"{field}[{quote(key)}]")
+    check_metadata(field, values)
 
 
 def check_question(text: str, settings: GatewaySettings, field: str = "question") -> str:

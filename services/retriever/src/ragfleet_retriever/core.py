@@ -10,19 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ragfleet.domain import Chunk, Filter, Hit, SearchMode, SearchQuery, SearchResult
+from ragfleet.domain import (
+    Chunk,
+    Filter,
+    Hit,
+    SearchMode,
+    SearchQuery,
+    SearchResult,
+    check_metadata,
+)
 from ragfleet.fusion import FusedHit, check_options, make_fuser
 from ragfleet.runtime.errors import InvalidInput, Unavailable
 from ragfleet_retriever.backend import IndexBackend, ServerSideHybrid
 from ragfleet_retriever.domain import (
     MAX_ID_BYTES,
-    MAX_METADATA_VALUE_CHARS,
-    METADATA_KEY_PATTERN,
     IndexStats,
 )
 from ragfleet_retriever.settings import RetrieverSettings
@@ -36,19 +42,6 @@ def _check_vector(name: str, vector: Sequence[float], dimension: int) -> None:
         raise InvalidInput(f"{name}: every value must be finite")
     if not values.any():
         raise InvalidInput(f"{name}: must not be all zeros (cosine similarity is undefined)")
-
-
-def _check_metadata(name: str, metadata: Mapping[str, str]) -> None:
-    for key, value in metadata.items():
-        if not METADATA_KEY_PATTERN.fullmatch(key):
-            raise InvalidInput(
-                f"{name}[{key!r}]: not a metadata key; metadata keys are 1 to 64 letters, "
-                "digits, '_' or '-'"
-            )
-        if len(value) > MAX_METADATA_VALUE_CHARS:
-            raise InvalidInput(
-                f"{name}[{key!r}]: at most {MAX_METADATA_VALUE_CHARS} characters, got {len(value)}"
-            )
 
 
 def _check_range(name: str, value: int, low: int, high: int) -> int:
@@ -112,7 +105,7 @@ class Retriever:
         except InvalidInput as exc:
             raise InvalidInput(f"fusion.{exc.message}") from None
         fuser = make_fuser(fusion, rrf_k=rrf_k, dense_weight=dense_weight)
-        _check_metadata("filter.equals", request.filter.equals)
+        check_metadata("filter.equals", request.filter.equals)
         if mode in (SearchMode.LEXICAL, SearchMode.HYBRID):
             if not request.query.strip():
                 raise InvalidInput(f"query: must not be empty in {mode} mode")
@@ -197,7 +190,7 @@ class Retriever:
                 raise InvalidInput(f"chunks[{index}].text: must not be empty")
             if chunk.vector:
                 _check_vector(f"chunks[{index}].vector", chunk.vector, backend.dimension)
-            _check_metadata(f"chunks[{index}].metadata", chunk.metadata)
+            check_metadata(f"chunks[{index}].metadata", chunk.metadata)
         if not chunks:
             return 0
         return await asyncio.to_thread(backend.upsert, chunks)
@@ -214,7 +207,7 @@ class Retriever:
         for index, chunk_id in enumerate(ids):
             if not chunk_id:
                 raise InvalidInput(f"ids[{index}]: must not be empty")
-        _check_metadata("filter.equals", filter.equals)
+        check_metadata("filter.equals", filter.equals)
         return await asyncio.to_thread(backend.delete, ids=list(ids) or None, filter=filter)
 
     async def stats(self) -> IndexStats:

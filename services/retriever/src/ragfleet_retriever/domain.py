@@ -3,14 +3,9 @@ search modes are the shared ones of ``ragfleet.domain``)."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
-# Limits every backend can honour. Metadata keys become field names in OpenSearch
-# (``metadata.<key>``), so a dot (an object path there) or an empty key is refused everywhere.
-METADATA_KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
-MAX_METADATA_VALUE_CHARS = 2048
 # OpenSearch refuses document ids longer than 512 bytes.
 MAX_ID_BYTES = 512
 
