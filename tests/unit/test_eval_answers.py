@@ -127,6 +127,13 @@ def test_the_cache_resumes_and_the_key_follows_the_settings(tmp_path: Path) -> N
     cache = ResultCache(tmp_path / "c.jsonl")
     cache.add(result("a", "x", True, ["p1"]))
     assert ResultCache(tmp_path / "c.jsonl").results == cache.results
+    # An interrupted run may leave half a line: it is skipped, and the next answer starts anew.
+    with (tmp_path / "c.jsonl").open("a") as handle:
+        handle.write('{"id": "b", "answ')
+    resumed = ResultCache(tmp_path / "c.jsonl")
+    assert list(resumed.results) == ["a"]
+    resumed.add(result("b", "y", True, []))
+    assert list(ResultCache(tmp_path / "c.jsonl").results) == ["a", "b"]
     base = config_key(GatewaySettings(), "m", "f")
     assert base == config_key(GatewaySettings(), "m", "f")
     assert base != config_key(GatewaySettings(default_top_k=3), "m", "f")

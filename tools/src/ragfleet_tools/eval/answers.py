@@ -186,13 +186,19 @@ class ResultCache:
         self.results: dict[str, Result] = {}
         if path.is_file():
             for line in path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
+                try:
                     row = json.loads(line)
                     self.results[row["id"]] = Result(**row)
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    # A line cut short by an interrupted run: that question is asked again.
+                    continue
 
     def add(self, result: Result) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as handle:
+            # Starts on a fresh line even after a line an interrupted run cut short.
+            if handle.tell() and not self.path.read_bytes().endswith(b"\n"):
+                handle.write("\n")
             handle.write(json.dumps(dataclasses.asdict(result)) + "\n")
         self.results[result.id] = result
 

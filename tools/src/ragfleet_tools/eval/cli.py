@@ -91,7 +91,9 @@ def answers(
     ] = "dev",
     limit: Annotated[
         int | None,
-        typer.Option(help="ask this many questions, half answerable and half not (default: all)"),
+        typer.Option(
+            min=1, help="ask this many questions, half answerable and half not (default: all)"
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="which questions --limit picks")] = 0,
     timeout: Annotated[float, typer.Option(help="seconds per question")] = 300.0,
