@@ -227,3 +227,16 @@ def test_a_model_folder_gets_its_own_cache_key_that_changes_when_retrained(
     assert model_cache_key(tuned) == key
     (tmp_path / "model.safetensors").write_bytes(b"retrained weights, longer")
     assert model_cache_key(tuned) != key
+
+
+def test_settings_that_change_passage_vectors_change_the_cache_key() -> None:
+    from ragfleet_embedder.settings import EmbedderSettings
+
+    keys = {
+        model_cache_key(EmbedderSettings(model_name="base")),
+        model_cache_key(EmbedderSettings(model_name="base", long_text_windows=True)),
+        model_cache_key(EmbedderSettings(model_name="base", passage_prefix="passage: ")),
+        model_cache_key(EmbedderSettings(model_name="base", passage_prefix="doc: ")),
+    }
+    assert len(keys) == 4
+    assert model_cache_key(EmbedderSettings(model_name="base", query_prefix="query: ")) == "base"

@@ -21,13 +21,7 @@ def main() -> None:
     configure_logging(settings.log_level, settings.log_format)
 
     def load_model() -> EmbeddingModel:
-        return SentenceTransformerEmbedder.load(
-            path=settings.model_path,
-            name=settings.model_name,
-            device=settings.device,
-            batch_size=settings.batch_size,
-            normalize=settings.normalize_embeddings,
-        )
+        return SentenceTransformerEmbedder.from_settings(settings)
 
     reranker_path = settings.reranker_path
     load_reranker: Callable[[], Reranker] | None = None

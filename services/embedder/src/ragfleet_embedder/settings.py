@@ -40,6 +40,12 @@ class EmbedderSettings(ServiceSettings):
     normalize_embeddings: bool = Field(
         default=True, description="return unit-length vectors, so dot product is cosine"
     )
+    long_text_windows: bool = Field(
+        default=False,
+        description="embed a text longer than the model reads (MiniLM: 256 tokens) as the "
+        "token-weighted mean of overlapping windows over all of it, instead of its first "
+        "max_sequence_length tokens; costs one model pass per window",
+    )
     max_batch_texts: int = Field(
         default=256, ge=1, le=4096, description="most texts one Embed request may carry"
     )

@@ -119,13 +119,7 @@ class LocalFleet:
         embedder_settings = EmbedderSettings()
         embedder = Embedder(
             embedder_settings,
-            lambda: SentenceTransformerEmbedder.load(
-                path=embedder_settings.model_path,
-                name=embedder_settings.model_name,
-                device=embedder_settings.device,
-                batch_size=embedder_settings.batch_size,
-                normalize=embedder_settings.normalize_embeddings,
-            ),
+            lambda: SentenceTransformerEmbedder.from_settings(embedder_settings),
         )
         retriever_settings = RetrieverSettings(data_dir=index_dir)
         retriever = Retriever(retriever_settings, lambda: open_embedded(retriever_settings))

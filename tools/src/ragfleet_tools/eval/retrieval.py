@@ -82,16 +82,22 @@ class TextEncoder(Protocol):
 def model_cache_key(settings: EmbedderSettings) -> str:
     """The model's name, plus a digest of the folder's path and weight files when
     ``RAGFLEET_EMBEDDER_MODEL_PATH`` names one: a fine-tuned model keeps its base's name unless
-    told otherwise, and retraining it in place must not reuse the old model's vectors."""
+    told otherwise, and retraining it in place must not reuse the old model's vectors. Settings
+    that change passage vectors (the passage prefix, windows over long texts) are in it too."""
+    handling = ""
+    if settings.passage_prefix:
+        handling += "-p" + hashlib.sha256(settings.passage_prefix.encode()).hexdigest()[:8]
+    if settings.long_text_windows:
+        handling += "-windows"
     path = settings.model_path
     if path is None:
-        return settings.model_name
+        return settings.model_name + handling
     resolved = path.resolve()
     digest = hashlib.sha256(str(resolved).encode())
     for weights in sorted(resolved.glob("*.safetensors")) + sorted(resolved.glob("*.bin")):
         stat = weights.stat()
         digest.update(f"{weights.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return f"{settings.model_name}-{digest.hexdigest()[:12]}"
+    return f"{settings.model_name}-{digest.hexdigest()[:12]}{handling}"
 
 
 class EmbedderEncoder:
@@ -101,13 +107,7 @@ class EmbedderEncoder:
         from ragfleet_embedder.model import SentenceTransformerEmbedder
 
         self.settings = settings
-        self._model = SentenceTransformerEmbedder.load(
-            path=settings.model_path,
-            name=settings.model_name,
-            device=settings.device,
-            batch_size=settings.batch_size,
-            normalize=settings.normalize_embeddings,
-        )
+        self._model = SentenceTransformerEmbedder.from_settings(settings)
 
     @classmethod
     def from_env(cls) -> EmbedderEncoder:
