@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from ragfleet.common.v1 import common_pb2 as ragfleet_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!ragfleet/gateway/v1/gateway.proto\x12\x13ragfleet.gateway.v1\x1a\x1fragfleet/common/v1/common.proto\"\x82\x02\n\x10RetrievalOptions\x12\x12\n\x05top_k\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12,\n\x04mode\x18\x02 \x01(\x0e\x32\x1e.ragfleet.common.v1.SearchMode\x12*\n\x06\x66usion\x18\x03 \x01(\x0b\x32\x1a.ragfleet.common.v1.Fusion\x12*\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x1a.ragfleet.common.v1.Filter\x12\x13\n\x06rerank\x18\x05 \x01(\x08H\x01\x88\x01\x01\x12\x19\n\x0crerank_depth\x18\x06 \x01(\x05H\x02\x88\x01\x01\x42\x08\n\x06_top_kB\t\n\x07_rerankB\x0f\n\r_rerank_depth\"\xb9\x01\n\nAskRequest\x12\x10\n\x08question\x18\x01 \x01(\t\x12\x38\n\tretrieval\x18\x02 \x01(\x0b\x32%.ragfleet.gateway.v1.RetrievalOptions\x12\r\n\x05model\x18\x03 \x01(\t\x12\x17\n\nmax_tokens\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x05 \x01(\x01H\x01\x88\x01\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperature\"F\n\x06Source\x12\x0e\n\x06number\x18\x01 \x01(\x05\x12,\n\x03hit\x18\x02 \x01(\x0b\x32\x1f.ragfleet.common.v1.ScoredChunk\"7\n\x07Sources\x12,\n\x07sources\x18\x01 \x03(\x0b\x32\x1b.ragfleet.gateway.v1.Source\"\\\n\x08\x43itation\x12\x0e\n\x06number\x18\x01 \x01(\x05\x12\x10\n\x08\x63hunk_id\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\r\n\x05title\x18\x04 \x01(\t\x12\x0f\n\x07section\x18\x05 \x01(\t\"(\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\n\n\x02ms\x18\x02 \x01(\x01\"\x88\x01\n\x0cModelAttempt\x12\r\n\x05model\x18\x01 \x01(\t\x12\x34\n\x07outcome\x18\x02 \x01(\x0e\x32#.ragfleet.gateway.v1.AttemptOutcome\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x17\n\x0f\x64iscarded_chars\x18\x04 \x01(\x05\x12\n\n\x02ms\x18\x05 \x01(\x01\"(\n\x07Restart\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xba\x02\n\x06\x41nswer\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x30\n\tcitations\x18\x02 \x03(\x0b\x32\x1d.ragfleet.gateway.v1.Citation\x12\r\n\x05model\x18\x03 \x01(\t\x12(\n\x05usage\x18\x04 \x01(\x0b\x32\x19.ragfleet.common.v1.Usage\x12\x31\n\x07timings\x18\x05 \x03(\x0b\x32 .ragfleet.gateway.v1.StageTiming\x12\x10\n\x08\x64\x65graded\x18\x06 \x01(\x08\x12\x18\n\x10\x64\x65graded_reasons\x18\x07 \x03(\t\x12\x10\n\x08\x61nswered\x18\x08 \x01(\x08\x12\x33\n\x08\x61ttempts\x18\t \x03(\x0b\x32!.ragfleet.gateway.v1.ModelAttempt\x12\x11\n\trestarted\x18\n \x01(\x08\"\xb5\x01\n\x08\x41skEvent\x12/\n\x07sources\x18\x01 \x01(\x0b\x32\x1c.ragfleet.gateway.v1.SourcesH\x00\x12\x0f\n\x05token\x18\x02 \x01(\tH\x00\x12-\n\x06\x61nswer\x18\x03 \x01(\x0b\x32\x1b.ragfleet.gateway.v1.AnswerH\x00\x12/\n\x07restart\x18\x04 \x01(\x0b\x32\x1c.ragfleet.gateway.v1.RestartH\x00\x42\x07\n\x05\x65vent\"Z\n\x0fRetrieveRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x38\n\tretrieval\x18\x02 \x01(\x0b\x32%.ragfleet.gateway.v1.RetrievalOptions\"\xa0\x01\n\x10RetrieveResponse\x12-\n\x04hits\x18\x01 \x03(\x0b\x32\x1f.ragfleet.common.v1.ScoredChunk\x12\x31\n\x07timings\x18\x02 \x03(\x0b\x32 .ragfleet.gateway.v1.StageTiming\x12\x10\n\x08\x64\x65graded\x18\x03 \x01(\x08\x12\x18\n\x10\x64\x65graded_reasons\x18\x04 \x03(\t\"\xbd\x01\n\x08\x44ocument\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12=\n\x08metadata\x18\x05 \x03(\x0b\x32+.ragfleet.gateway.v1.Document.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"o\n\rIngestRequest\x12\x30\n\tdocuments\x18\x01 \x03(\x0b\x32\x1d.ragfleet.gateway.v1.Document\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0c\n\x04sync\x18\x04 \x01(\x08\",\n\nIngestItem\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xaf\x02\n\x0eIngestResponse\x12\x11\n\tdocuments\x18\x01 \x01(\x05\x12\x0e\n\x06\x63hunks\x18\x02 \x01(\x05\x12\x11\n\tunchanged\x18\x03 \x01(\x05\x12\x10\n\x08replaced\x18\x04 \x01(\x05\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x05 \x01(\x05\x12\x0f\n\x07\x64\x65leted\x18\x06 \x01(\x05\x12\x0f\n\x07skipped\x18\x07 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x08 \x01(\x05\x12\x16\n\x0e\x63hunks_deleted\x18\t \x01(\x05\x12\x31\n\x08\x66\x61ilures\x18\n \x03(\x0b\x32\x1f.ragfleet.gateway.v1.IngestItem\x12\x36\n\rskipped_items\x18\x0b \x03(\x0b\x32\x1f.ragfleet.gateway.v1.IngestItem\x12\x11\n\telapsed_s\x18\x0c \x01(\x01*\xa7\x01\n\x0e\x41ttemptOutcome\x12\x1f\n\x1b\x41TTEMPT_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41TTEMPT_OUTCOME_SUCCEEDED\x10\x01\x12\x1a\n\x16\x41TTEMPT_OUTCOME_FAILED\x10\x02\x12\x1b\n\x17\x41TTEMPT_OUTCOME_SKIPPED\x10\x03\x12\x1c\n\x18\x41TTEMPT_OUTCOME_REJECTED\x10\x04\x32\x85\x02\n\x0eGatewayService\x12G\n\x03\x41sk\x12\x1f.ragfleet.gateway.v1.AskRequest\x1a\x1d.ragfleet.gateway.v1.AskEvent0\x01\x12W\n\x08Retrieve\x12$.ragfleet.gateway.v1.RetrieveRequest\x1a%.ragfleet.gateway.v1.RetrieveResponse\x12Q\n\x06Ingest\x12\".ragfleet.gateway.v1.IngestRequest\x1a#.ragfleet.gateway.v1.IngestResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!ragfleet/gateway/v1/gateway.proto\x12\x13ragfleet.gateway.v1\x1a\x1fragfleet/common/v1/common.proto\"\x82\x02\n\x10RetrievalOptions\x12\x12\n\x05top_k\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12,\n\x04mode\x18\x02 \x01(\x0e\x32\x1e.ragfleet.common.v1.SearchMode\x12*\n\x06\x66usion\x18\x03 \x01(\x0b\x32\x1a.ragfleet.common.v1.Fusion\x12*\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x1a.ragfleet.common.v1.Filter\x12\x13\n\x06rerank\x18\x05 \x01(\x08H\x01\x88\x01\x01\x12\x19\n\x0crerank_depth\x18\x06 \x01(\x05H\x02\x88\x01\x01\x42\x08\n\x06_top_kB\t\n\x07_rerankB\x0f\n\r_rerank_depth\"\xeb\x01\n\nAskRequest\x12\x10\n\x08question\x18\x01 \x01(\t\x12\x38\n\tretrieval\x18\x02 \x01(\x0b\x32%.ragfleet.gateway.v1.RetrievalOptions\x12\r\n\x05model\x18\x03 \x01(\t\x12\x17\n\nmax_tokens\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x30\n\x07history\x18\x06 \x03(\x0b\x32\x1f.ragfleet.common.v1.ChatMessageB\r\n\x0b_max_tokensB\x0e\n\x0c_temperature\"\\\n\x07Rewrite\x12\r\n\x05query\x18\x01 \x01(\t\x12\x32\n\x06method\x18\x02 \x01(\x0e\x32\".ragfleet.gateway.v1.RewriteMethod\x12\x0e\n\x06reason\x18\x03 \x01(\t\"F\n\x06Source\x12\x0e\n\x06number\x18\x01 \x01(\x05\x12,\n\x03hit\x18\x02 \x01(\x0b\x32\x1f.ragfleet.common.v1.ScoredChunk\"7\n\x07Sources\x12,\n\x07sources\x18\x01 \x03(\x0b\x32\x1b.ragfleet.gateway.v1.Source\"\\\n\x08\x43itation\x12\x0e\n\x06number\x18\x01 \x01(\x05\x12\x10\n\x08\x63hunk_id\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\r\n\x05title\x18\x04 \x01(\t\x12\x0f\n\x07section\x18\x05 \x01(\t\"(\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\n\n\x02ms\x18\x02 \x01(\x01\"\x88\x01\n\x0cModelAttempt\x12\r\n\x05model\x18\x01 \x01(\t\x12\x34\n\x07outcome\x18\x02 \x01(\x0e\x32#.ragfleet.gateway.v1.AttemptOutcome\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x17\n\x0f\x64iscarded_chars\x18\x04 \x01(\x05\x12\n\n\x02ms\x18\x05 \x01(\x01\"(\n\x07Restart\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xd3\x02\n\x06\x41nswer\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x30\n\tcitations\x18\x02 \x03(\x0b\x32\x1d.ragfleet.gateway.v1.Citation\x12\r\n\x05model\x18\x03 \x01(\t\x12(\n\x05usage\x18\x04 \x01(\x0b\x32\x19.ragfleet.common.v1.Usage\x12\x31\n\x07timings\x18\x05 \x03(\x0b\x32 .ragfleet.gateway.v1.StageTiming\x12\x10\n\x08\x64\x65graded\x18\x06 \x01(\x08\x12\x18\n\x10\x64\x65graded_reasons\x18\x07 \x03(\t\x12\x10\n\x08\x61nswered\x18\x08 \x01(\x08\x12\x33\n\x08\x61ttempts\x18\t \x03(\x0b\x32!.ragfleet.gateway.v1.ModelAttempt\x12\x11\n\trestarted\x18\n \x01(\x08\x12\x17\n\x0fhistory_trimmed\x18\x0b \x01(\x05\"\xe6\x01\n\x08\x41skEvent\x12/\n\x07sources\x18\x01 \x01(\x0b\x32\x1c.ragfleet.gateway.v1.SourcesH\x00\x12\x0f\n\x05token\x18\x02 \x01(\tH\x00\x12-\n\x06\x61nswer\x18\x03 \x01(\x0b\x32\x1b.ragfleet.gateway.v1.AnswerH\x00\x12/\n\x07restart\x18\x04 \x01(\x0b\x32\x1c.ragfleet.gateway.v1.RestartH\x00\x12/\n\x07rewrite\x18\x05 \x01(\x0b\x32\x1c.ragfleet.gateway.v1.RewriteH\x00\x42\x07\n\x05\x65vent\"Z\n\x0fRetrieveRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x38\n\tretrieval\x18\x02 \x01(\x0b\x32%.ragfleet.gateway.v1.RetrievalOptions\"\xa0\x01\n\x10RetrieveResponse\x12-\n\x04hits\x18\x01 \x03(\x0b\x32\x1f.ragfleet.common.v1.ScoredChunk\x12\x31\n\x07timings\x18\x02 \x03(\x0b\x32 .ragfleet.gateway.v1.StageTiming\x12\x10\n\x08\x64\x65graded\x18\x03 \x01(\x08\x12\x18\n\x10\x64\x65graded_reasons\x18\x04 \x03(\t\"\xbd\x01\n\x08\x44ocument\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12=\n\x08metadata\x18\x05 \x03(\x0b\x32+.ragfleet.gateway.v1.Document.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"o\n\rIngestRequest\x12\x30\n\tdocuments\x18\x01 \x03(\x0b\x32\x1d.ragfleet.gateway.v1.Document\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0c\n\x04sync\x18\x04 \x01(\x08\",\n\nIngestItem\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xaf\x02\n\x0eIngestResponse\x12\x11\n\tdocuments\x18\x01 \x01(\x05\x12\x0e\n\x06\x63hunks\x18\x02 \x01(\x05\x12\x11\n\tunchanged\x18\x03 \x01(\x05\x12\x10\n\x08replaced\x18\x04 \x01(\x05\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x05 \x01(\x05\x12\x0f\n\x07\x64\x65leted\x18\x06 \x01(\x05\x12\x0f\n\x07skipped\x18\x07 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x08 \x01(\x05\x12\x16\n\x0e\x63hunks_deleted\x18\t \x01(\x05\x12\x31\n\x08\x66\x61ilures\x18\n \x03(\x0b\x32\x1f.ragfleet.gateway.v1.IngestItem\x12\x36\n\rskipped_items\x18\x0b \x03(\x0b\x32\x1f.ragfleet.gateway.v1.IngestItem\x12\x11\n\telapsed_s\x18\x0c \x01(\x01*{\n\rRewriteMethod\x12\x1e\n\x1aREWRITE_METHOD_UNSPECIFIED\x10\x00\x12\x18\n\x14REWRITE_METHOD_MODEL\x10\x01\x12\x17\n\x13REWRITE_METHOD_RULE\x10\x02\x12\x17\n\x13REWRITE_METHOD_NONE\x10\x03*\xa7\x01\n\x0e\x41ttemptOutcome\x12\x1f\n\x1b\x41TTEMPT_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41TTEMPT_OUTCOME_SUCCEEDED\x10\x01\x12\x1a\n\x16\x41TTEMPT_OUTCOME_FAILED\x10\x02\x12\x1b\n\x17\x41TTEMPT_OUTCOME_SKIPPED\x10\x03\x12\x1c\n\x18\x41TTEMPT_OUTCOME_REJECTED\x10\x04\x32\x85\x02\n\x0eGatewayService\x12G\n\x03\x41sk\x12\x1f.ragfleet.gateway.v1.AskRequest\x1a\x1d.ragfleet.gateway.v1.AskEvent0\x01\x12W\n\x08Retrieve\x12$.ragfleet.gateway.v1.RetrieveRequest\x1a%.ragfleet.gateway.v1.RetrieveResponse\x12Q\n\x06Ingest\x12\".ragfleet.gateway.v1.IngestRequest\x1a#.ragfleet.gateway.v1.IngestResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,42 +34,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DOCUMENT_METADATAENTRY']._loaded_options = None
   _globals['_DOCUMENT_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_ATTEMPTOUTCOME']._serialized_start=2400
-  _globals['_ATTEMPTOUTCOME']._serialized_end=2567
+  _globals['_REWRITEMETHOD']._serialized_start=2617
+  _globals['_REWRITEMETHOD']._serialized_end=2740
+  _globals['_ATTEMPTOUTCOME']._serialized_start=2743
+  _globals['_ATTEMPTOUTCOME']._serialized_end=2910
   _globals['_RETRIEVALOPTIONS']._serialized_start=92
   _globals['_RETRIEVALOPTIONS']._serialized_end=350
   _globals['_ASKREQUEST']._serialized_start=353
-  _globals['_ASKREQUEST']._serialized_end=538
-  _globals['_SOURCE']._serialized_start=540
-  _globals['_SOURCE']._serialized_end=610
-  _globals['_SOURCES']._serialized_start=612
-  _globals['_SOURCES']._serialized_end=667
-  _globals['_CITATION']._serialized_start=669
-  _globals['_CITATION']._serialized_end=761
-  _globals['_STAGETIMING']._serialized_start=763
-  _globals['_STAGETIMING']._serialized_end=803
-  _globals['_MODELATTEMPT']._serialized_start=806
-  _globals['_MODELATTEMPT']._serialized_end=942
-  _globals['_RESTART']._serialized_start=944
-  _globals['_RESTART']._serialized_end=984
-  _globals['_ANSWER']._serialized_start=987
-  _globals['_ANSWER']._serialized_end=1301
-  _globals['_ASKEVENT']._serialized_start=1304
-  _globals['_ASKEVENT']._serialized_end=1485
-  _globals['_RETRIEVEREQUEST']._serialized_start=1487
-  _globals['_RETRIEVEREQUEST']._serialized_end=1577
-  _globals['_RETRIEVERESPONSE']._serialized_start=1580
-  _globals['_RETRIEVERESPONSE']._serialized_end=1740
-  _globals['_DOCUMENT']._serialized_start=1743
-  _globals['_DOCUMENT']._serialized_end=1932
-  _globals['_DOCUMENT_METADATAENTRY']._serialized_start=1885
-  _globals['_DOCUMENT_METADATAENTRY']._serialized_end=1932
-  _globals['_INGESTREQUEST']._serialized_start=1934
-  _globals['_INGESTREQUEST']._serialized_end=2045
-  _globals['_INGESTITEM']._serialized_start=2047
-  _globals['_INGESTITEM']._serialized_end=2091
-  _globals['_INGESTRESPONSE']._serialized_start=2094
-  _globals['_INGESTRESPONSE']._serialized_end=2397
-  _globals['_GATEWAYSERVICE']._serialized_start=2570
-  _globals['_GATEWAYSERVICE']._serialized_end=2831
+  _globals['_ASKREQUEST']._serialized_end=588
+  _globals['_REWRITE']._serialized_start=590
+  _globals['_REWRITE']._serialized_end=682
+  _globals['_SOURCE']._serialized_start=684
+  _globals['_SOURCE']._serialized_end=754
+  _globals['_SOURCES']._serialized_start=756
+  _globals['_SOURCES']._serialized_end=811
+  _globals['_CITATION']._serialized_start=813
+  _globals['_CITATION']._serialized_end=905
+  _globals['_STAGETIMING']._serialized_start=907
+  _globals['_STAGETIMING']._serialized_end=947
+  _globals['_MODELATTEMPT']._serialized_start=950
+  _globals['_MODELATTEMPT']._serialized_end=1086
+  _globals['_RESTART']._serialized_start=1088
+  _globals['_RESTART']._serialized_end=1128
+  _globals['_ANSWER']._serialized_start=1131
+  _globals['_ANSWER']._serialized_end=1470
+  _globals['_ASKEVENT']._serialized_start=1473
+  _globals['_ASKEVENT']._serialized_end=1703
+  _globals['_RETRIEVEREQUEST']._serialized_start=1705
+  _globals['_RETRIEVEREQUEST']._serialized_end=1795
+  _globals['_RETRIEVERESPONSE']._serialized_start=1798
+  _globals['_RETRIEVERESPONSE']._serialized_end=1958
+  _globals['_DOCUMENT']._serialized_start=1961
+  _globals['_DOCUMENT']._serialized_end=2150
+  _globals['_DOCUMENT_METADATAENTRY']._serialized_start=2103
+  _globals['_DOCUMENT_METADATAENTRY']._serialized_end=2150
+  _globals['_INGESTREQUEST']._serialized_start=2152
+  _globals['_INGESTREQUEST']._serialized_end=2263
+  _globals['_INGESTITEM']._serialized_start=2265
+  _globals['_INGESTITEM']._serialized_end=2309
+  _globals['_INGESTRESPONSE']._serialized_start=2312
+  _globals['_INGESTRESPONSE']._serialized_end=2615
+  _globals['_GATEWAYSERVICE']._serialized_start=2913
+  _globals['_GATEWAYSERVICE']._serialized_end=3174
 # @@protoc_insertion_point(module_scope)

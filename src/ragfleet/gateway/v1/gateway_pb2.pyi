@@ -20,6 +20,36 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _RewriteMethod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RewriteMethodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RewriteMethod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REWRITE_METHOD_UNSPECIFIED: _RewriteMethod.ValueType  # 0
+    REWRITE_METHOD_MODEL: _RewriteMethod.ValueType  # 1
+    """The model rewrote it."""
+    REWRITE_METHOD_RULE: _RewriteMethod.ValueType  # 2
+    """The fallback rule put the previous question before it (the model was off, failed or was
+    too slow: see Rewrite.reason).
+    """
+    REWRITE_METHOD_NONE: _RewriteMethod.ValueType  # 3
+    """Searched as asked: the fallback rule found nothing in it that refers back."""
+
+class RewriteMethod(_RewriteMethod, metaclass=_RewriteMethodEnumTypeWrapper):
+    """How a follow-up question was made standalone for retrieval."""
+
+REWRITE_METHOD_UNSPECIFIED: RewriteMethod.ValueType  # 0
+REWRITE_METHOD_MODEL: RewriteMethod.ValueType  # 1
+"""The model rewrote it."""
+REWRITE_METHOD_RULE: RewriteMethod.ValueType  # 2
+"""The fallback rule put the previous question before it (the model was off, failed or was
+too slow: see Rewrite.reason).
+"""
+REWRITE_METHOD_NONE: RewriteMethod.ValueType  # 3
+"""Searched as asked: the fallback rule found nothing in it that refers back."""
+Global___RewriteMethod: _TypeAlias = RewriteMethod  # noqa: Y015
+
 class _AttemptOutcome:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -110,6 +140,7 @@ class AskRequest(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
     TEMPERATURE_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
     question: _builtins.str
     model: _builtins.str
     """The first model of the fallback chain to try (NOT_FOUND unless it is configured); empty
@@ -120,6 +151,13 @@ class AskRequest(_message.Message):
     temperature: _builtins.float
     @_builtins.property
     def retrieval(self) -> Global___RetrievalOptions: ...
+    @_builtins.property
+    def history(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]:
+        """Earlier messages of the conversation, oldest first; roles "user" and "assistant". A question
+        that follows them is rewritten into a standalone one for retrieval (a Rewrite event), and
+        they go into the prompt within the gateway's history budget, the oldest left out first.
+        """
+
     def __init__(
         self,
         *,
@@ -128,10 +166,11 @@ class AskRequest(_message.Message):
         model: _builtins.str = ...,
         max_tokens: _builtins.int | None = ...,
         temperature: _builtins.float | None = ...,
+        history: _abc.Iterable[_common_pb2.ChatMessage] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "max_tokens", b"max_tokens", "retrieval", b"retrieval", "temperature", b"temperature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "max_tokens", b"max_tokens", "model", b"model", "question", b"question", "retrieval", b"retrieval", "temperature", b"temperature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "history", b"history", "max_tokens", b"max_tokens", "model", b"model", "question", b"question", "retrieval", b"retrieval", "temperature", b"temperature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
@@ -143,6 +182,34 @@ class AskRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
 
 Global___AskRequest: _TypeAlias = AskRequest  # noqa: Y015
+
+@_typing.final
+class Rewrite(_message.Message):
+    """The question retrieval searched for, when the request carried a history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUERY_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    query: _builtins.str
+    method: Global___RewriteMethod.ValueType
+    reason: _builtins.str
+    """Why the model did not rewrite it; empty when it did."""
+    def __init__(
+        self,
+        *,
+        query: _builtins.str = ...,
+        method: Global___RewriteMethod.ValueType = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["method", b"method", "query", b"query", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Rewrite: _TypeAlias = Rewrite  # noqa: Y015
 
 @_typing.final
 class Source(_message.Message):
@@ -319,6 +386,7 @@ class Answer(_message.Message):
     ANSWERED_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     RESTARTED_FIELD_NUMBER: _builtins.int
+    HISTORY_TRIMMED_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     model: _builtins.str
     degraded: _builtins.bool
@@ -330,6 +398,10 @@ class Answer(_message.Message):
     """
     restarted: _builtins.bool
     """True when a model failed mid-stream and a Restart event was sent."""
+    history_trimmed: _builtins.int
+    """Earlier messages of the history left out of the prompt (the oldest first) to fit the
+    history budget.
+    """
     @_builtins.property
     def citations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Citation]: ...
     @_builtins.property
@@ -355,10 +427,11 @@ class Answer(_message.Message):
         answered: _builtins.bool = ...,
         attempts: _abc.Iterable[Global___ModelAttempt] | None = ...,
         restarted: _builtins.bool = ...,
+        history_trimmed: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered", b"answered", "attempts", b"attempts", "citations", b"citations", "degraded", b"degraded", "degraded_reasons", b"degraded_reasons", "model", b"model", "restarted", b"restarted", "text", b"text", "timings", b"timings", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered", b"answered", "attempts", b"attempts", "citations", b"citations", "degraded", b"degraded", "degraded_reasons", b"degraded_reasons", "history_trimmed", b"history_trimmed", "model", b"model", "restarted", b"restarted", "text", b"text", "timings", b"timings", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -372,6 +445,7 @@ class AskEvent(_message.Message):
     TOKEN_FIELD_NUMBER: _builtins.int
     ANSWER_FIELD_NUMBER: _builtins.int
     RESTART_FIELD_NUMBER: _builtins.int
+    REWRITE_FIELD_NUMBER: _builtins.int
     token: _builtins.str
     @_builtins.property
     def sources(self) -> Global___Sources: ...
@@ -379,6 +453,10 @@ class AskEvent(_message.Message):
     def answer(self) -> Global___Answer: ...
     @_builtins.property
     def restart(self) -> Global___Restart: ...
+    @_builtins.property
+    def rewrite(self) -> Global___Rewrite:
+        """Sent before the sources when the request carried a history."""
+
     def __init__(
         self,
         *,
@@ -386,12 +464,13 @@ class AskEvent(_message.Message):
         token: _builtins.str = ...,
         answer: Global___Answer | None = ...,
         restart: Global___Restart | None = ...,
+        rewrite: Global___Rewrite | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "event", b"event", "restart", b"restart", "sources", b"sources", "token", b"token"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "event", b"event", "restart", b"restart", "rewrite", b"rewrite", "sources", b"sources", "token", b"token"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "event", b"event", "restart", b"restart", "sources", b"sources", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "event", b"event", "restart", b"restart", "rewrite", b"rewrite", "sources", b"sources", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["sources", "token", "answer", "restart"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["sources", "token", "answer", "restart", "rewrite"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 

@@ -55,7 +55,8 @@ class GatewayServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Ask(self, request, context):
-        """Streams the sources, then answer tokens, then the final answer with citations.
+        """Streams the sources (after the rewritten question, for a follow-up), then answer tokens,
+        then the final answer with citations.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

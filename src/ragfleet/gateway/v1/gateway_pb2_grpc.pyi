@@ -32,7 +32,9 @@ class GatewayServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> GatewayServiceAsyncStub: ...
     Ask: _grpc.UnaryStreamMultiCallable[_gateway_pb2.AskRequest, _gateway_pb2.AskEvent]
-    """Streams the sources, then answer tokens, then the final answer with citations."""
+    """Streams the sources (after the rewritten question, for a follow-up), then answer tokens,
+    then the final answer with citations.
+    """
     Retrieve: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.RetrieveRequest, _gateway_pb2.RetrieveResponse]
     Ingest: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.IngestRequest, _gateway_pb2.IngestResponse]
 
@@ -40,7 +42,9 @@ class GatewayServiceStub:
 class GatewayServiceAsyncStub(GatewayServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Ask: _aio.UnaryStreamMultiCallable[_gateway_pb2.AskRequest, _gateway_pb2.AskEvent]  # type: ignore[assignment]
-    """Streams the sources, then answer tokens, then the final answer with citations."""
+    """Streams the sources (after the rewritten question, for a follow-up), then answer tokens,
+    then the final answer with citations.
+    """
     Retrieve: _aio.UnaryUnaryMultiCallable[_gateway_pb2.RetrieveRequest, _gateway_pb2.RetrieveResponse]  # type: ignore[assignment]
     Ingest: _aio.UnaryUnaryMultiCallable[_gateway_pb2.IngestRequest, _gateway_pb2.IngestResponse]  # type: ignore[assignment]
 
@@ -51,7 +55,9 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.AskRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_gateway_pb2.AskEvent], _abc.AsyncIterator[_gateway_pb2.AskEvent]]:
-        """Streams the sources, then answer tokens, then the final answer with citations."""
+        """Streams the sources (after the rewritten question, for a follow-up), then answer tokens,
+        then the final answer with citations.
+        """
 
     @_abc_1.abstractmethod
     def Retrieve(
