@@ -6,18 +6,24 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncGenerator, Mapping
+from dataclasses import replace
 
 from ragfleet.domain import GenerationParams, TokenEvent, Usage
 from ragfleet.runtime.channels import Deadline
+from ragfleet.runtime.errors import RagfleetError
 from ragfleet.runtime.logging import get_logger
 from ragfleet_gateway.breaker import CircuitBreaker
+from ragfleet_gateway.conversation import FollowupRewriter
 from ragfleet_gateway.domain import (
     Answer,
     AnswerEvent,
     AskEvent,
     AskRequest,
+    AskResult,
     AttemptOutcome,
+    QueryRewrite,
     RetrievalOptions,
+    RewriteEvent,
     Source,
     SourcesEvent,
 )
@@ -33,6 +39,7 @@ from ragfleet_gateway.fallback import (
 from ragfleet_gateway.prompt import (
     PromptBuilder,
     attribute_citations,
+    fit_history,
     is_refusal,
     resolve_citations,
     retrieval_only_text,
@@ -85,6 +92,7 @@ class Answering:
             settings.source_max_chars,
             settings.context_budget_chars,
         )
+        self._rewriter = FollowupRewriter(settings)
 
     def ask(self, request: AskRequest, deadline: Deadline) -> AsyncGenerator[AskEvent, None]:
         """Validates ``request`` now (raising ``InvalidInput``, or ``NotFound`` listing the
@@ -92,7 +100,9 @@ class Answering:
         ``SourcesEvent`` (numbered [1]..[n]), ``TokenEvent``s as the model streams them, a
         ``RestartEvent`` whenever a model fails after streaming (discard the text so far), and
         one ``AnswerEvent`` whose citations are the sources that support the answer
-        (``attribute_citations``).
+        (``attribute_citations``). With a history, a ``RewriteEvent`` comes first: the
+        standalone question retrieval searched for (``ragfleet_gateway.conversation``); the
+        prompt holds the newest earlier messages that fit ``history_budget_chars``.
 
         Retrieval may use ``retrieval_budget_share`` of the deadline, at most
         ``retrieval_budget_max_s``; generation gets the rest, through the fallback chain
@@ -115,11 +125,21 @@ class Answering:
     ) -> AsyncGenerator[AskEvent, None]:
         watch = Stopwatch()
         question = request.question.strip()
+        rewrite: QueryRewrite | None = None
+        if request.history:
+            rewrite = await watch.time(
+                "rewrite",
+                self._rewriter.rewrite(question, request.history, links[0], deadline),
+            )
+        query = question if rewrite is None else rewrite.query
         retrieval = await self._retrieval.run(
-            question, options, self._retrieval_deadline(deadline), watch
+            query, options, self._retrieval_deadline(deadline), watch
         )
         sources = self._prompt.fit(retrieval.hits)
+        if rewrite is not None:
+            yield RewriteEvent(rewrite)
         yield SourcesEvent(sources)
+        history, trimmed = fit_history(request.history, self.settings.history_budget_chars)
         reasons = list(retrieval.degraded_reasons)
         threshold = self.settings.min_dense_score
         best = retrieval.best_dense_score
@@ -134,12 +154,13 @@ class Answering:
                     watch.timings(),
                     reasons,
                     answered=False,
+                    history_trimmed=trimmed,
                 )
             )
             return
         params = GenerationParams(
             model=request.model,
-            messages=self._prompt.messages(question, sources),
+            messages=self._prompt.messages(question, sources, history),
             max_tokens=(
                 request.max_tokens
                 if request.max_tokens is not None
@@ -162,7 +183,8 @@ class Answering:
                     yield event
         watch.stages["generate"] = (time.perf_counter() - start) * 1000
         assert result is not None, "a fallback chain always ends with its result"
-        yield AnswerEvent(self._answer(result, question, sources, reasons, watch))
+        answer = self._answer(result, query, sources, reasons, watch)
+        yield AnswerEvent(replace(answer, history_trimmed=trimmed))
 
     def _retrieval_deadline(self, deadline: Deadline) -> Deadline:
         share = min(
@@ -214,4 +236,20 @@ class Answering:
             answered=not declined,
             attempts=result.attempts,
             restarted=result.restarted,
+            finish_reason=result.done.finish_reason,
         )
+
+
+async def collect(events: AsyncGenerator[AskEvent, None]) -> AskResult:
+    """An ask's events gathered into its result, for callers that do not stream."""
+    rewrite: QueryRewrite | None = None
+    sources: list[Source] = []
+    async with contextlib.aclosing(events):
+        async for event in events:
+            if isinstance(event, RewriteEvent):
+                rewrite = event.rewrite
+            elif isinstance(event, SourcesEvent):
+                sources = event.sources
+            elif isinstance(event, AnswerEvent):
+                return AskResult(rewrite, sources, event.answer)
+    raise RagfleetError("the answer stream ended without an answer")

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from ragfleet.chunking import Document as Document
-from ragfleet.domain import Hit, SearchMode, TokenEvent, Usage
+from ragfleet.domain import ChatMessage, Hit, SearchMode, TokenEvent, Usage
 from ragfleet.fusion import FusionMethod
 
 
@@ -110,7 +110,10 @@ class Answer:
     """``answered`` is False when the documents do not answer the question (nothing relevant
     retrieved, or the model declined: no citations) and for a retrieval-only answer
     (degraded; its citations are the passages it lists). ``restarted`` is True when a model
-    failed after streaming text that the client was told to discard (a ``RestartEvent``)."""
+    failed after streaming text that the client was told to discard (a ``RestartEvent``).
+    ``history_trimmed`` counts the earlier messages left out of the prompt (the oldest first)
+    to fit the history budget; ``finish_reason`` is the answering model's ("" when no model
+    answered)."""
 
     text: str
     citations: list[Citation]
@@ -121,10 +124,37 @@ class Answer:
     answered: bool = True
     attempts: list[ModelAttempt] = field(default_factory=list)
     restarted: bool = False
+    history_trimmed: int = 0
+    finish_reason: str = ""
 
     @property
     def degraded(self) -> bool:
         return bool(self.degraded_reasons)
+
+
+class RewriteMethod(StrEnum):
+    """How a follow-up question was made standalone for retrieval."""
+
+    MODEL = "model"
+    RULE = "rule"
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class QueryRewrite:
+    """The question retrieval searched for; ``reason`` says why the model did not rewrite it
+    (empty when it did)."""
+
+    query: str
+    method: RewriteMethod
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RewriteEvent:
+    """Sent before the sources when the request carried a history."""
+
+    rewrite: QueryRewrite
 
 
 @dataclass(frozen=True)
@@ -147,16 +177,28 @@ class AnswerEvent:
     answer: Answer
 
 
-AskEvent = SourcesEvent | TokenEvent | RestartEvent | AnswerEvent
+AskEvent = RewriteEvent | SourcesEvent | TokenEvent | RestartEvent | AnswerEvent
+
+
+@dataclass(frozen=True)
+class AskResult:
+    """An ask's events gathered: the rewrite (with a history), the sources and the answer."""
+
+    rewrite: QueryRewrite | None
+    sources: list[Source]
+    answer: Answer
 
 
 @dataclass(frozen=True)
 class AskRequest:
+    """``history``: the conversation's earlier messages, oldest first (user and assistant)."""
+
     question: str
     retrieval: RetrievalRequest = field(default_factory=RetrievalRequest)
     model: str = ""
     max_tokens: int | None = None
     temperature: float | None = None
+    history: tuple[ChatMessage, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -70,14 +70,32 @@ class PromptBuilder:
         count = len(self._shown_lengths(hits))
         return [Source(number, hit) for number, hit in enumerate(hits[:count], start=1)]
 
-    def messages(self, question: str, sources: Sequence[Source]) -> list[ChatMessage]:
+    def messages(
+        self, question: str, sources: Sequence[Source], history: Sequence[ChatMessage] = ()
+    ) -> list[ChatMessage]:
+        """The system prompt, the earlier messages (``history``, already fitted to its budget:
+        ``fit_history``), then the sources and the question."""
         lengths = self._shown_lengths([s.hit for s in sources])
         context = "\n\n".join(
             format_source(s, limit) for s, limit in zip(sources, lengths, strict=False)
         )
         user = self._template.format(sources=context, question=question)
         system = [ChatMessage("system", self._system)] if self._system else []
-        return [*system, ChatMessage("user", user)]
+        return [*system, *history, ChatMessage("user", user)]
+
+
+def fit_history(history: Sequence[ChatMessage], budget_chars: int) -> tuple[list[ChatMessage], int]:
+    """The newest messages of ``history`` whose contents fit ``budget_chars`` together (oldest
+    first, as given), and how many older ones were left out. A message is kept whole or not at
+    all: a cut message would put words in a speaker's mouth."""
+    used = 0
+    kept = 0
+    for message in reversed(history):
+        used += len(message.content)
+        if used > budget_chars:
+            break
+        kept += 1
+    return list(history[len(history) - kept :]), len(history) - kept
 
 
 def cited_numbers(text: str, count: int) -> list[int]:

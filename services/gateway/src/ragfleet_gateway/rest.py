@@ -2,16 +2,17 @@
 
 Routes: ``POST /v1/ask`` (JSON, or Server-Sent Events with ``"stream": true``),
 ``POST /v1/retrieve``, ``POST /v1/ingest``, ``POST /v1/ingest/jobs`` and
-``GET /v1/ingest/jobs/{id}`` (ingestion jobs), ``GET /healthz``; OpenAPI at ``/openapi.json`` and
-``/docs``. Every error is ``{"error": {"code": "<gRPC code name>", "message": "..."}}`` with the
-HTTP status of the domain error (400 invalid input, 503 unavailable, 504 deadline, ...).
+``GET /v1/ingest/jobs/{id}`` (ingestion jobs), ``GET /healthz``, and the OpenAI-compatible
+``POST /v1/chat/completions`` and ``GET /v1/models`` (``ragfleet_gateway.openai_api``); OpenAPI
+at ``/openapi.json`` and ``/docs``. Every error but the OpenAI routes' (which answer in OpenAI's
+shape) is ``{"error": {"code": "<gRPC code name>", "message": "..."}}`` with the HTTP status of
+the domain error (400 invalid input, 503 unavailable, 504 deadline, ...).
 The request and response bodies, and their conversions, are in ``ragfleet_gateway.rest_schemas``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -19,15 +20,16 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse
-from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ragfleet.domain import TokenEvent
 from ragfleet.runtime.channels import Deadline
 from ragfleet.runtime.errors import RagfleetError
 from ragfleet.runtime.logging import get_logger
-from ragfleet_gateway import domain
+from ragfleet_gateway import domain, sse
+from ragfleet_gateway.answering import collect
 from ragfleet_gateway.ingest_jobs import IngestJobs
+from ragfleet_gateway.openai_api import add_openai_routes
 from ragfleet_gateway.pipeline import RagPipeline
 from ragfleet_gateway.rest_schemas import (
     AnswerOut,
@@ -42,9 +44,10 @@ from ragfleet_gateway.rest_schemas import (
     RestartOut,
     RetrieveBody,
     RetrieveOut,
-    SourceOut,
+    RewriteOut,
     SourcesOut,
 )
+from ragfleet_gateway.validation import invalid_body
 
 log = get_logger(__name__)
 
@@ -62,8 +65,8 @@ _ASK_RESPONSES: dict[int | str, dict[str, Any]] = {
     **_ERRORS,
     200: {
         "description": "the answer as JSON, or with stream=true a text/event-stream of "
-        "events 'sources' (SourcesOut), 'token' ({text}), 'restart' (RestartOut: discard "
-        "the tokens so far), 'answer' (AnswerOut) and "
+        "events 'rewrite' (RewriteOut, with a history), 'sources' (SourcesOut), 'token' "
+        "({text}), 'restart' (RestartOut: discard the tokens so far), 'answer' (AnswerOut) and "
         "'error' (ErrorOut) when it fails after streaming began",
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     },
@@ -82,6 +85,7 @@ def create_app(
     )
     _install_error_handlers(app)
     _add_query_routes(app, pipeline)
+    add_openai_routes(app, pipeline)
     _add_ingest_routes(app, pipeline, jobs or IngestJobs.from_settings(pipeline.settings))
     _add_health_route(app, health)
     return app
@@ -102,14 +106,7 @@ def _add_query_routes(app: FastAPI, pipeline: RagPipeline) -> None:
             # Retrieval runs before the first event: its failures still get a proper status.
             first = await anext(events)
             return EventSourceResponse(_stream(first, events))
-        sources: list[SourceOut] = []
-        async with contextlib.aclosing(events):
-            async for event in events:
-                if isinstance(event, domain.SourcesEvent):
-                    sources = SourcesOut.of(event).sources
-                elif isinstance(event, domain.AnswerEvent):
-                    return AskOut(sources=sources, answer=AnswerOut.of(event.answer))
-        raise RagfleetError("the answer stream ended without an answer")
+        return AskOut.of(await collect(events))
 
     @app.post("/v1/retrieve", response_model=RetrieveOut, responses=_ERRORS)
     async def retrieve(body: RetrieveBody) -> RetrieveOut:
@@ -178,35 +175,27 @@ async def _stream(
             async for event in events:
                 yield _encode(event)
     except Exception as exc:
-        if not isinstance(exc, RagfleetError):
-            log.exception("ask_stream_crashed")
-        yield _sse("error", _error_body(exc))
-
-
-def _sse(event: str, payload: BaseModel | dict[str, Any]) -> bytes:
-    data = payload.model_dump_json() if isinstance(payload, BaseModel) else json.dumps(payload)
-    return f"event: {event}\ndata: {data}\n\n".encode()
+        error = sse.reported(exc)
+        yield sse.message(
+            {"error": {"code": error.grpc_code.name, "message": error.message}}, "error"
+        )
 
 
 def _encode(event: domain.AskEvent) -> bytes:
+    if isinstance(event, domain.RewriteEvent):
+        return sse.message(RewriteOut.of(event.rewrite), "rewrite")
     if isinstance(event, domain.SourcesEvent):
-        return _sse("sources", SourcesOut.of(event))
+        return sse.message(SourcesOut.of(event), "sources")
     if isinstance(event, TokenEvent):
-        return _sse("token", {"text": event.text})
+        return sse.message({"text": event.text}, "token")
     if isinstance(event, domain.RestartEvent):
-        return _sse("restart", RestartOut(model=event.model, reason=event.reason))
-    return _sse("answer", AnswerOut.of(event.answer))
+        return sse.message(RestartOut(model=event.model, reason=event.reason), "restart")
+    return sse.message(AnswerOut.of(event.answer), "answer")
 
 
 # --- errors ------------------------------------------------------------------------------
 def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": {"code": code, "message": message}})
-
-
-def _error_body(exc: Exception) -> dict[str, Any]:
-    if isinstance(exc, RagfleetError):
-        return {"error": {"code": exc.grpc_code.name, "message": exc.message}}
-    return {"error": {"code": "INTERNAL", "message": f"internal error: {type(exc).__name__}"}}
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -215,12 +204,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(exc.http_status, exc.grpc_code.name, exc.message)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_body(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
-            for e in exc.errors()
-        )
-        return _error(400, "INVALID_ARGUMENT", problems)
+    async def bad_body(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(400, "INVALID_ARGUMENT", invalid_body(exc.errors()).message)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ragfleet.domain import Hit
+from ragfleet.domain import ChatMessage, Hit
 from ragfleet_gateway import domain
 from ragfleet_gateway.ingest_jobs import IngestJob, JobRequest
 
@@ -51,8 +51,18 @@ class RetrievalOptions(_Body):
         )
 
 
+class MessageBody(_Body):
+    role: str = Field(description="user or assistant")
+    content: str
+
+
 class AskBody(_Body):
     question: str
+    history: list[MessageBody] = Field(
+        default_factory=list,
+        description="earlier messages of the conversation, oldest first: a follow-up is "
+        "rewritten into a standalone question for retrieval (see rewrite)",
+    )
     retrieval: RetrievalOptions = Field(default_factory=RetrievalOptions)
     model: str = Field(
         default="",
@@ -73,6 +83,7 @@ class AskBody(_Body):
             model=self.model,
             max_tokens=self.max_tokens,
             temperature=self.temperature,
+            history=tuple(ChatMessage(m.role, m.content) for m in self.history),
         )
 
 
@@ -176,15 +187,32 @@ class SourceOut(BaseModel):
     number: int
     hit: HitOut
 
+    @classmethod
+    def all(cls, sources: list[domain.Source]) -> list[SourceOut]:
+        return [cls(number=s.number, hit=HitOut.of(s.hit)) for s in sources]
+
 
 class SourcesOut(BaseModel):
     sources: list[SourceOut]
 
     @classmethod
     def of(cls, event: domain.SourcesEvent) -> SourcesOut:
-        return cls(
-            sources=[SourceOut(number=s.number, hit=HitOut.of(s.hit)) for s in event.sources]
-        )
+        return cls(sources=SourceOut.all(event.sources))
+
+
+class RewriteOut(BaseModel):
+    """The question retrieval searched for, when the request carried a history."""
+
+    query: str
+    method: Literal["model", "rule", "none"] = Field(
+        description="model: the model rewrote it; rule: the previous question was put before "
+        "it (reason says why not the model); none: searched as asked"
+    )
+    reason: str = Field(description="why the model did not rewrite it; empty when it did")
+
+    @classmethod
+    def of(cls, rewrite: domain.QueryRewrite) -> RewriteOut:
+        return cls(query=rewrite.query, method=rewrite.method.value, reason=rewrite.reason)
 
 
 class CitationOut(BaseModel):
@@ -193,6 +221,19 @@ class CitationOut(BaseModel):
     source: str
     title: str
     section: str
+
+    @classmethod
+    def all(cls, citations: list[domain.Citation]) -> list[CitationOut]:
+        return [
+            cls(
+                number=c.number,
+                chunk_id=c.chunk_id,
+                source=c.source,
+                title=c.title,
+                section=c.section,
+            )
+            for c in citations
+        ]
 
 
 class UsageOut(BaseModel):
@@ -232,22 +273,17 @@ class AnswerOut(BaseModel):
     )
     attempts: list[AttemptOut] = Field(description="every try of every model, in order")
     restarted: bool = Field(description="a model failed mid-stream; a restart event was sent")
+    history_trimmed: int = Field(
+        description="earlier messages left out of the prompt, the oldest first, to fit the "
+        "history budget"
+    )
 
     @classmethod
     def of(cls, answer: domain.Answer) -> AnswerOut:
         u = answer.usage
         return cls(
             text=answer.text,
-            citations=[
-                CitationOut(
-                    number=c.number,
-                    chunk_id=c.chunk_id,
-                    source=c.source,
-                    title=c.title,
-                    section=c.section,
-                )
-                for c in answer.citations
-            ],
+            citations=CitationOut.all(answer.citations),
             model=answer.model,
             usage=UsageOut(
                 prompt_tokens=u.prompt_tokens,
@@ -271,12 +307,22 @@ class AnswerOut(BaseModel):
                 for a in answer.attempts
             ],
             restarted=answer.restarted,
+            history_trimmed=answer.history_trimmed,
         )
 
 
 class AskOut(BaseModel):
+    rewrite: RewriteOut | None = Field(description="set when the request carried a history")
     sources: list[SourceOut]
     answer: AnswerOut
+
+    @classmethod
+    def of(cls, result: domain.AskResult) -> AskOut:
+        return cls(
+            rewrite=None if result.rewrite is None else RewriteOut.of(result.rewrite),
+            sources=SourceOut.all(result.sources),
+            answer=AnswerOut.of(result.answer),
+        )
 
 
 class IngestOut(BaseModel):

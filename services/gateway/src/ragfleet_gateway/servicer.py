@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 
 from ragfleet.domain import (
+    ChatMessage,
     TokenEvent,
     fusion_from_proto,
     hit_to_proto,
@@ -29,6 +30,8 @@ from ragfleet_gateway.domain import (
     Document,
     RestartEvent,
     RetrievalRequest,
+    RewriteEvent,
+    RewriteMethod,
     SourcesEvent,
     StageTiming,
 )
@@ -70,6 +73,13 @@ _OUTCOMES = {
 }
 
 
+_REWRITE_METHODS = {
+    RewriteMethod.MODEL: gateway_pb2.REWRITE_METHOD_MODEL,
+    RewriteMethod.RULE: gateway_pb2.REWRITE_METHOD_RULE,
+    RewriteMethod.NONE: gateway_pb2.REWRITE_METHOD_NONE,
+}
+
+
 def _timings(timings: list[StageTiming]) -> list[gateway_pb2.StageTiming]:
     return [gateway_pb2.StageTiming(stage=t.stage, ms=t.ms) for t in timings]
 
@@ -104,10 +114,18 @@ def answer_to_proto(answer: Answer) -> gateway_pb2.Answer:
             for a in answer.attempts
         ],
         restarted=answer.restarted,
+        history_trimmed=answer.history_trimmed,
     )
 
 
 def event_to_proto(event: AskEvent) -> gateway_pb2.AskEvent:
+    if isinstance(event, RewriteEvent):
+        r = event.rewrite
+        return gateway_pb2.AskEvent(
+            rewrite=gateway_pb2.Rewrite(
+                query=r.query, method=_REWRITE_METHODS[r.method], reason=r.reason
+            )
+        )
     if isinstance(event, SourcesEvent):
         return gateway_pb2.AskEvent(
             sources=gateway_pb2.Sources(
@@ -145,6 +163,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             model=request.model,
             max_tokens=request.max_tokens if request.HasField("max_tokens") else None,
             temperature=request.temperature if request.HasField("temperature") else None,
+            history=tuple(ChatMessage(m.role, m.content) for m in request.history),
         )
         deadline = deadline_of(context, self._settings.request_timeout_s)
         async for event in self._pipeline.ask(ask, deadline):

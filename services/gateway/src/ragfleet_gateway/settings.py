@@ -217,6 +217,34 @@ class GatewaySettings(ServiceSettings):
         "for all-MiniLM-L6-v2 (docs/evaluation.md); unset: no threshold",
     )
 
+    # --- conversations -------------------------------------------------------------------
+    max_history_messages: int = Field(
+        default=64, ge=0, description="most earlier messages (history) a request may carry"
+    )
+    max_history_message_chars: int = Field(
+        default=8000, ge=1, description="longest earlier message a request may carry"
+    )
+    history_budget_chars: int = Field(
+        default=2000,
+        ge=0,
+        description="characters of earlier messages put into the prompt: the newest that fit, "
+        "the oldest left out first (the answer says how many; prefill time grows with it)",
+    )
+    rewrite_with_model: bool = Field(
+        default=True,
+        description="a follow-up is rewritten into a standalone question for retrieval by the "
+        "model that would answer it; off, failing or slower than rewrite_timeout_s: the rule "
+        "(the previous question put before a question that refers back)",
+    )
+    rewrite_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="longest the model may take to rewrite a follow-up before the rule is used",
+    )
+    rewrite_max_tokens: int = Field(
+        default=48, ge=8, le=256, description="tokens the model may write for the rewrite"
+    )
+
     # --- ingestion -----------------------------------------------------------------------
     chunk_strategy: ChunkingStrategy = Field(
         default=ChunkingStrategy.CHARACTERS,

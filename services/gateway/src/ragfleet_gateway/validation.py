@@ -9,6 +9,8 @@ Each check raises ``InvalidInput`` whose message names the field and the documen
   ``rerank_depth`` (20). ``retrieval.rerank`` unset means the ``rerank`` setting (off).
 - ``max_tokens``: 1..``max_tokens_limit`` (2048); unset means the default.
 - ``temperature``: in [0, 2].
+- ``history``: at most ``max_history_messages`` (64), each with role user or assistant and a
+  non-empty ``content`` of at most ``max_history_message_chars`` (8000).
 - ``documents``: 1..``max_ingest_documents`` (256), each with a non-empty ``source`` (unique in
   the request) and ``text``, at most ``max_ingest_bytes`` (20 MiB) of UTF-8 text in all, and a
   ``content_type`` of text/markdown, text/plain, text/html or empty.
@@ -22,15 +24,16 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from ragfleet.domain import SearchMode, check_metadata
+from ragfleet.domain import ChatMessage, SearchMode, check_metadata
 from ragfleet.fusion import FusionMethod, check_options
 from ragfleet.runtime.errors import InvalidInput
 from ragfleet_gateway.domain import AskRequest, Document, RetrievalOptions, RetrievalRequest
 from ragfleet_gateway.settings import GatewaySettings
 
 CONTENT_TYPES = ("text/markdown", "text/plain", "text/html")
+HISTORY_ROLES = ("user", "assistant")
 MAX_TEMPERATURE = 2.0
 QUOTE_CHARS = 60
 
@@ -130,9 +133,45 @@ def resolve_retrieval(request: RetrievalRequest, settings: GatewaySettings) -> R
     )
 
 
+def check_message(role: str, content: str, settings: GatewaySettings, field: str) -> None:
+    """One earlier message of a conversation: a user or assistant role, text any service can
+    carry, not empty, at most ``max_history_message_chars``."""
+    if role not in HISTORY_ROLES:
+        raise InvalidInput(
+            f"{field}.role must be one of {', '.join(HISTORY_ROLES)}; got {quote(role)}"
+        )
+    check_text(content, f"{field}.content", short=False)
+    if not content.strip():
+        raise InvalidInput(f"{field}.content must not be empty")
+    if len(content) > settings.max_history_message_chars:
+        raise InvalidInput(
+            f"{field}.content has {len(content)} characters; the limit is "
+            f"{settings.max_history_message_chars}"
+        )
+
+
+def check_history(history: Sequence[ChatMessage], settings: GatewaySettings) -> None:
+    if len(history) > settings.max_history_messages:
+        raise InvalidInput(
+            f"history has {len(history)} messages; the limit is {settings.max_history_messages}"
+        )
+    for i, message in enumerate(history):
+        check_message(message.role, message.content, settings, f"history[{i}]")
+
+
+def invalid_body(errors: Sequence[Mapping[str, Any]]) -> InvalidInput:
+    """A request body that does not match its schema (pydantic's errors), as one message that
+    names each field, e.g. ``retrieval.top_k: Input should be a valid integer``."""
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in errors
+    )
+    return InvalidInput(problems)
+
+
 def check_ask(request: AskRequest, settings: GatewaySettings) -> RetrievalOptions:
     """Validates an ask request; returns its resolved retrieval options."""
     check_question(request.question, settings)
+    check_history(request.history, settings)
     if request.max_tokens is not None and not 1 <= request.max_tokens <= settings.max_tokens_limit:
         raise InvalidInput(
             f"max_tokens must be between 1 and {settings.max_tokens_limit} (unset means the "
