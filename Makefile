@@ -22,11 +22,14 @@ help:
 	@echo "make demo   install, bring the fleet up, ask a sample question (fleet stays up: ragfleet down)"
 	@echo "make test   install, check generated code and types, run the whole test suite"
 
-$(VENV)/.installed: pyproject.toml tools/pyproject.toml $(foreach s,$(SERVICES),services/$(s)/pyproject.toml) scripts/install_helm.sh
+INTEGRATIONS := integrations/langchain-ragfleet
+
+$(VENV)/.installed: pyproject.toml tools/pyproject.toml $(foreach s,$(SERVICES),services/$(s)/pyproject.toml) $(foreach i,$(INTEGRATIONS),$(i)/pyproject.toml) scripts/install_helm.sh
 	command -v $(UV) >/dev/null || python3 -m pip install --quiet "uv==0.13.8"
 	test -x $(PY) || $(UV) venv --quiet --python $(PYTHON_VERSION) $(VENV)
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(UV) pip install --python $(PY) $(FIND_LINKS) \
-	  -e ".[dev]" $(foreach s,$(SERVICES),-e services/$(s)) -e tools
+	  -e ".[dev]" $(foreach s,$(SERVICES),-e services/$(s)) -e tools \
+	  $(foreach i,$(INTEGRATIONS),-e "$(i)[test]")
 	scripts/install_helm.sh $(VENV)/bin
 	touch $@
 
@@ -57,11 +60,11 @@ check-protos: install
 	rm -rf .protos-check
 
 lint: install
-	$(VENV)/bin/ruff check src services tools tests benchmarks scripts
-	$(VENV)/bin/ruff format --check src services tools tests benchmarks scripts
+	$(VENV)/bin/ruff check src services tools integrations tests benchmarks scripts
+	$(VENV)/bin/ruff format --check src services tools integrations tests benchmarks scripts
 
 typecheck: install
-	$(VENV)/bin/mypy src services/*/src tools/src
+	$(VENV)/bin/mypy src services/*/src tools/src $(foreach i,$(INTEGRATIONS),$(i)/src)
 
 test: install check-protos lint typecheck
 	$(VENV)/bin/pytest -m "not slow"

@@ -16,6 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("embedder", "retriever", "generator", "gateway")
 # Generated gRPC stubs: they import only protobuf, grpc and each other.
 STUBS = {"common", *SERVICES}
+# Integration folder -> its import package.
+INTEGRATIONS = {"langchain-ragfleet": "langchain_ragfleet"}
 
 
 def _modules(folder: Path) -> list[Path]:
@@ -60,6 +62,14 @@ def test_a_service_imports_only_the_base_library(service: str) -> None:
     assert _layer_violations(ROOT / "services" / service / "src", others) == []
 
 
+@pytest.mark.parametrize("integration", sorted(INTEGRATIONS))
+def test_an_integration_imports_only_the_base_library(integration: str) -> None:
+    forbidden = {f"ragfleet_{s}" for s in SERVICES} | {"ragfleet_tools"}
+    src = ROOT / "integrations" / integration / "src"
+    assert (src / INTEGRATIONS[integration]).is_dir()
+    assert _layer_violations(src, forbidden) == []
+
+
 def test_the_check_sees_imports_inside_functions(tmp_path: Path) -> None:
     module = tmp_path / "lazy.py"
     module.write_text("def f():\n    from ragfleet_embedder.model import x\n    return x\n")
@@ -72,6 +82,10 @@ def test_every_package_declares_what_it_imports_from_the_project() -> None:
         "src": ROOT / "pyproject.toml",
         "tools/src": ROOT / "tools" / "pyproject.toml",
         **{f"services/{s}/src": ROOT / "services" / s / "pyproject.toml" for s in SERVICES},
+        **{
+            f"integrations/{i}/src": ROOT / "integrations" / i / "pyproject.toml"
+            for i in INTEGRATIONS
+        },
     }
     distributions = {"ragfleet": "ragfleet", "ragfleet_tools": "ragfleet-tools"} | {
         f"ragfleet_{s}": f"ragfleet-{s}" for s in SERVICES
