@@ -14,6 +14,7 @@ import pytest
 
 from ragfleet.common.v1 import common_pb2
 from ragfleet.gateway.v1 import gateway_pb2
+from ragfleet.runtime.errors import Unavailable
 
 from .conftest import FakeFleet, Gateway, start_gateway
 from .test_integration import DOCUMENTS
@@ -308,3 +309,24 @@ async def test_rest_ask_with_history_over_budget_says_what_was_trimmed(
                 if line.startswith("event: "):
                     names.append(line.removeprefix("event: "))
         assert names[:2] == ["rewrite", "sources"] and names[-1] == "answer"
+
+
+async def test_a_model_failing_mid_stream_sends_restart_chunks(fake_fleet: FakeFleet) -> None:
+    core = fake_fleet.generator.core
+    async for gw in start_gateway(fake_fleet.addresses, models=["small", "big"]):
+        await gw.stub.Ingest(gateway_pb2.IngestRequest(documents=DOCUMENTS), timeout=10)
+        client = openai.AsyncOpenAI(base_url=base_url(gw), api_key="unused", max_retries=0)
+        core.error, core.fail_after = Unavailable("engine died"), 1
+        try:
+            stream = await client.chat.completions.create(
+                model="small", messages=[QUESTION], stream=True
+            )
+            chunks = [chunk async for chunk in stream]
+        finally:
+            core.error, core.fail_after = None, 0
+        restarts = [(c.model_extra or {}).get("restart") for c in chunks]
+        assert [r["model"] for r in restarts if r] == ["small", "big"]
+        # After the last restart, the content is the retrieval-only answer, sent whole.
+        final = chunks[-1]
+        assert final.choices[0].finish_reason == "stop"
+        assert (final.choices[0].delta.content or "").startswith("No generated answer")
