@@ -6,6 +6,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.util._once import Once
 
 # Variables that would let a process find state outside the fresh HOME.
 _ELSEWHERE = (
@@ -31,3 +39,24 @@ def pytest_configure() -> None:
     os.environ["HOME"] = home
     for name in _ELSEWHERE:
         os.environ.pop(name, None)
+
+
+def _reset_tracer_provider() -> None:
+    # The API lets a process set its provider once; tests that record spans undo it after.
+    trace._TRACER_PROVIDER_SET_ONCE = Once()  # type: ignore[attr-defined]
+    trace._TRACER_PROVIDER = None  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def recorded_spans() -> Iterator[InMemorySpanExporter]:
+    """Tracing on in this process for one test, its finished spans kept in memory."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    _reset_tracer_provider()
+    trace.set_tracer_provider(provider)
+    try:
+        yield exporter
+    finally:
+        provider.shutdown()
+        _reset_tracer_provider()

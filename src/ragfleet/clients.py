@@ -18,6 +18,7 @@ from typing import Any, Self, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry.trace import SpanKind
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from ragfleet.common.v1 import common_pb2
@@ -49,6 +50,7 @@ from ragfleet.runtime.errors import (
     Unavailable,
     from_rpc_error,
 )
+from ragfleet.runtime.telemetry import Metadata, observe_rpc, outgoing_metadata
 
 _T = TypeVar("_T")
 
@@ -82,10 +84,17 @@ class _Client:
         await self._channel.close()
 
     async def _unary(
-        self, stage: str, deadline: Deadline, call: Callable[[float], Awaitable[_T]]
+        self,
+        rpc: str,
+        stage: str,
+        deadline: Deadline,
+        call: Callable[[float, Metadata], Awaitable[_T]],
     ) -> _T:
+        """``call(timeout, metadata)`` under a client span and the client metrics of ``rpc``
+        (a method of ``service_name``), retried on UNAVAILABLE within ``deadline``."""
+
         async def attempt() -> _T:
-            return await call(deadline.timeout(stage))
+            return await call(deadline.timeout(stage), outgoing_metadata())
 
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._attempts),
@@ -93,10 +102,11 @@ class _Client:
             retry=retry_if_exception(_is_unavailable),
             reraise=True,
         )
-        try:
-            return await retrying(attempt)
-        except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err, self.label) from err
+        with observe_rpc(f"/{self.service_name}/{rpc}", kind=SpanKind.CLIENT):
+            try:
+                return await retrying(attempt)
+            except grpc.aio.AioRpcError as err:
+                raise from_rpc_error(err, self.label) from err
 
     async def probe(self, timeout_s: float) -> str | None:
         """None when the service reports SERVING, otherwise why not."""
@@ -128,7 +138,10 @@ class EmbedderClient(_Client):
         """One vector per text, in order."""
         request = embedder_pb2.EmbedRequest(texts=list(texts), input_type=_INPUT_TYPES[input_type])
         reply = await self._unary(
-            "embedding", deadline, lambda t: self._stub.Embed(request, timeout=t)
+            "Embed",
+            "embedding",
+            deadline,
+            lambda t, m: self._stub.Embed(request, timeout=t, metadata=m),
         )
         if len(reply.embeddings) != len(texts):
             raise RagfleetError(
@@ -140,7 +153,10 @@ class EmbedderClient(_Client):
         """One relevance score per passage, in order (the embedder's cross-encoder)."""
         request = embedder_pb2.RerankRequest(query=query, passages=list(passages))
         reply = await self._unary(
-            "reranking", deadline, lambda t: self._stub.Rerank(request, timeout=t)
+            "Rerank",
+            "reranking",
+            deadline,
+            lambda t, m: self._stub.Rerank(request, timeout=t, metadata=m),
         )
         if len(reply.scores) != len(passages):
             raise RagfleetError(
@@ -186,7 +202,10 @@ class RetrieverClient(_Client):
         if search.top_k is not None:
             request.top_k = search.top_k
         reply = await self._unary(
-            "search", deadline, lambda t: self._stub.Search(request, timeout=t)
+            "Search",
+            "search",
+            deadline,
+            lambda t, m: self._stub.Search(request, timeout=t, metadata=m),
         )
         return SearchResult(
             hits=[hit_from_proto(h) for h in reply.hits],
@@ -200,7 +219,10 @@ class RetrieverClient(_Client):
         """Upserts ``chunks`` (durable on return); returns how many distinct ids there were."""
         request = retriever_pb2.UpsertRequest(chunks=[chunk_to_proto(c) for c in chunks])
         reply = await self._unary(
-            "upsert", deadline, lambda t: self._stub.Upsert(request, timeout=t)
+            "Upsert",
+            "upsert",
+            deadline,
+            lambda t, m: self._stub.Upsert(request, timeout=t, metadata=m),
         )
         return reply.upserted
 
@@ -210,7 +232,10 @@ class RetrieverClient(_Client):
             filter=common_pb2.Filter(tenant=tenant), source=source
         )
         reply = await self._unary(
-            "delete", deadline, lambda t: self._stub.Delete(request, timeout=t)
+            "Delete",
+            "delete",
+            deadline,
+            lambda t, m: self._stub.Delete(request, timeout=t, metadata=m),
         )
         return reply.deleted
 
@@ -218,15 +243,21 @@ class RetrieverClient(_Client):
         """Deletes the chunks with ``ids`` (at most the retriever's ``max_delete_ids``)."""
         request = retriever_pb2.DeleteRequest(ids=list(ids))
         reply = await self._unary(
-            "delete", deadline, lambda t: self._stub.Delete(request, timeout=t)
+            "Delete",
+            "delete",
+            deadline,
+            lambda t, m: self._stub.Delete(request, timeout=t, metadata=m),
         )
         return reply.deleted
 
     async def stats(self, deadline: Deadline) -> IndexStats:
         reply = await self._unary(
+            "GetStats",
             "stats",
             deadline,
-            lambda t: self._stub.GetStats(retriever_pb2.GetStatsRequest(), timeout=t),
+            lambda t, m: self._stub.GetStats(
+                retriever_pb2.GetStatsRequest(), timeout=t, metadata=m
+            ),
         )
         return IndexStats(reply.chunks, reply.sources, reply.dimension, reply.backend)
 
@@ -249,7 +280,9 @@ def generation_error(err: grpc.aio.AioRpcError, upstream: str) -> RagfleetError:
 
 class GeneratorClient(_Client):
     """Calls the generator through the Ray Serve gRPC proxy, which routes on the
-    ``application`` metadata key."""
+    ``application`` metadata key (and forwards the trace context to the replica)."""
+
+    service_name = "ragfleet.generator.v1.GeneratorService"
 
     def __init__(
         self,
@@ -284,22 +317,25 @@ class GeneratorClient(_Client):
         if params.temperature is not None:
             request.temperature = params.temperature
         timeout = deadline.timeout("generation") - reserve_s
-        call = self._stub.Generate(request, timeout=max(timeout, 0.001), metadata=self._metadata)
-        try:
-            async for reply in call:
-                kind = reply.WhichOneof("event")
-                if kind == "token":
-                    yield TokenEvent(reply.token.text)
-                elif kind == "done":
-                    yield GenerationDone(
-                        model=reply.done.model,
-                        finish_reason=reply.done.finish_reason,
-                        usage=usage_from_proto(reply.done.usage),
-                    )
-        except grpc.aio.AioRpcError as err:
-            raise generation_error(err, self.label) from err
-        finally:
-            call.cancel()
+        with observe_rpc(f"/{self.service_name}/Generate", kind=SpanKind.CLIENT):
+            call = self._stub.Generate(
+                request, timeout=max(timeout, 0.001), metadata=outgoing_metadata(self._metadata)
+            )
+            try:
+                async for reply in call:
+                    kind = reply.WhichOneof("event")
+                    if kind == "token":
+                        yield TokenEvent(reply.token.text)
+                    elif kind == "done":
+                        yield GenerationDone(
+                            model=reply.done.model,
+                            finish_reason=reply.done.finish_reason,
+                            usage=usage_from_proto(reply.done.usage),
+                        )
+            except grpc.aio.AioRpcError as err:
+                raise generation_error(err, self.label) from err
+            finally:
+                call.cancel()
 
     async def complete(self, params: GenerationParams, deadline: Deadline) -> str:
         """The whole generated text (``generate`` collected)."""

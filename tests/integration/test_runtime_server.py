@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 
 import grpc
+import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+from prometheus_client import REGISTRY
 
 from ragfleet.embedder.v1 import embedder_pb2, embedder_pb2_grpc
 from ragfleet.generator.v1 import generator_pb2, generator_pb2_grpc
@@ -157,3 +162,84 @@ async def test_stop_drains_in_flight_calls(service: GrpcService) -> None:
         await service.stop()
         reply = await call
     assert reply.model == "toy"
+
+
+def _served(method: str, code: str) -> float:
+    service, _, name = method.rpartition("/")
+    value = REGISTRY.get_sample_value(
+        "ragfleet_grpc_server_requests_total",
+        {"grpc_service": service, "grpc_method": name, "grpc_code": code},
+    )
+    return value or 0.0
+
+
+async def test_each_rpc_is_counted_by_status_code_and_health_is_not(
+    service: GrpcService, channel: grpc.aio.Channel
+) -> None:
+    embed = "ragfleet.embedder.v1.EmbedderService/Embed"
+    generate = "ragfleet.generator.v1.GeneratorService/Generate"
+    before = {
+        code: _served(embed, code) for code in ("OK", "INVALID_ARGUMENT", "INTERNAL", "UNAVAILABLE")
+    }
+    before_stream = _served(generate, "NOT_FOUND")
+    stub = embedder_pb2_grpc.EmbedderServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.Embed(embedder_pb2.EmbedRequest(texts=["x"]), timeout=2)  # not ready yet
+    await service.mark_ready()
+    await stub.Embed(embedder_pb2.EmbedRequest(texts=["x"]), timeout=2)
+    for texts in ([], ["crash"]):
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.Embed(embedder_pb2.EmbedRequest(texts=texts), timeout=2)
+    with pytest.raises(grpc.aio.AioRpcError):
+        async for _ in generator_pb2_grpc.GeneratorServiceStub(channel).Generate(
+            generator_pb2.GenerateRequest(model="big"), timeout=2
+        ):
+            pass
+    await _health(channel)
+    assert {code: _served(embed, code) - before[code] for code in before} == {
+        "OK": 1,
+        "INVALID_ARGUMENT": 1,
+        "INTERNAL": 1,
+        "UNAVAILABLE": 1,
+    }
+    assert _served(generate, "NOT_FOUND") - before_stream == 1
+    assert _served("grpc.health.v1.Health/Check", "OK") == 0
+
+
+async def test_a_server_span_continues_the_callers_trace(
+    service: GrpcService, channel: grpc.aio.Channel, recorded_spans: InMemorySpanExporter
+) -> None:
+    await service.mark_ready()
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    metadata = (("traceparent", f"00-{trace_id}-{parent_id}-01"),)
+    stub = embedder_pb2_grpc.EmbedderServiceStub(channel)
+    await stub.Embed(embedder_pb2.EmbedRequest(texts=["x"]), timeout=2, metadata=metadata)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.Embed(embedder_pb2.EmbedRequest(texts=[]), timeout=2, metadata=metadata)
+    ok, failed = recorded_spans.get_finished_spans()
+    for span in (ok, failed):
+        assert span.name == "ragfleet.embedder.v1.EmbedderService/Embed"
+        assert span.kind is SpanKind.SERVER
+        assert span.context is not None and span.parent is not None
+        assert span.context.trace_id == int(trace_id, 16)
+        assert span.parent.span_id == int(parent_id, 16)
+    assert ok.status.status_code is StatusCode.UNSET
+    assert failed.status.status_code is StatusCode.ERROR
+    assert failed.attributes is not None
+    assert failed.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+
+
+async def test_metrics_are_served_on_the_metrics_port() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    svc = create_server(ServiceSettings(port=0, metrics_port=port), [])
+    await svc.start()
+    try:
+        reply = await asyncio.to_thread(httpx.get, f"http://127.0.0.1:{port}/metrics", timeout=5)
+        assert reply.status_code == 200
+        assert "ragfleet_grpc_server_request_duration_seconds" in reply.text
+    finally:
+        await svc.stop(0)
+    with pytest.raises(httpx.ConnectError):
+        await asyncio.to_thread(httpx.get, f"http://127.0.0.1:{port}/metrics", timeout=5)

@@ -12,6 +12,9 @@ from typing import Any, cast
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+from prometheus_client import REGISTRY
 from pydantic import ValidationError
 from ray.exceptions import RayTaskError
 
@@ -21,7 +24,12 @@ from ragfleet.generator.v1 import generator_pb2
 from ragfleet.runtime.errors import InvalidInput, NotFound
 from ragfleet_generator.app import app_builder, build_app, model_deployment_name
 from ragfleet_generator.core import ModelInfo
-from ragfleet_generator.deployment import GeneratorIngress
+from ragfleet_generator.deployment import (
+    SERVICE_NAME,
+    GeneratorIngress,
+    ModelDeployment,
+    to_domain_request,
+)
 from ragfleet_generator.engine import (
     EngineKind,
     FinishReason,
@@ -178,13 +186,15 @@ class FakeHandle:
     ) -> None:
         self.name, self.error, self.delay = name, error, ready_delay_s
         self.requests: list[Any] = []
+        self.trace_contexts: list[dict[str, str]] = []
         events: list[GenerationEvent] = [
             TokenDelta(f"from {name}"),
             GenerationDone(FinishReason.STOP, Usage(3, 1, 1.0, 2.0, 0.0)),
         ]
 
-        def generate(request: Any) -> FakeStream:
+        def generate(request: Any, trace_context: dict[str, str] | None = None) -> FakeStream:
             self.requests.append(request)
+            self.trace_contexts.append(trace_context or {})
             return FakeStream(events, self.error)
 
         async def ready() -> bool:
@@ -203,12 +213,21 @@ class FakeHandle:
 
 
 class RecordingContext:
-    def __init__(self) -> None:
-        self.code: grpc.StatusCode | None = None
+    """Mimics RayServegRPCContext: the caller's metadata, and the code and details set."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...] = ()) -> None:
+        self._code = grpc.StatusCode.OK
         self.details: str | None = None
+        self.metadata = list(metadata)
+
+    def invocation_metadata(self) -> list[tuple[str, str]]:
+        return self.metadata
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
 
     def set_code(self, code: grpc.StatusCode) -> None:
-        self.code = code
+        self._code = code
 
     def set_details(self, details: str) -> None:
         self.details = details
@@ -245,7 +264,7 @@ async def test_unknown_model_is_not_found_listing_the_served_ones() -> None:
     context = RecordingContext()
     with pytest.raises(NotFound):
         await generate(make_ingress(FakeHandle("small"), FakeHandle("big")), request("x"), context)
-    assert context.code is grpc.StatusCode.NOT_FOUND
+    assert context.code() is grpc.StatusCode.NOT_FOUND
     assert context.details == "model: 'x' is not served; available models: small, big"
 
 
@@ -255,7 +274,7 @@ async def test_a_replica_domain_error_keeps_its_code() -> None:
     context = RecordingContext()
     with pytest.raises(InvalidInput):
         await generate(make_ingress(FakeHandle("small", wrapped)), request(), context)
-    assert (context.code, context.details) == (grpc.StatusCode.INVALID_ARGUMENT, cause.message)
+    assert (context.code(), context.details) == (grpc.StatusCode.INVALID_ARGUMENT, cause.message)
 
 
 async def test_list_models_asks_every_model() -> None:
@@ -271,3 +290,71 @@ async def test_check_is_serving_only_when_every_model_answers(delay_s: float, st
     ingress = make_ingress(FakeHandle("small"), FakeHandle("big", ready_delay_s=delay_s))
     response = await ingress.Check(health_pb2.HealthCheckRequest(), cast(Any, RecordingContext()))
     assert response.status == health_pb2.HealthCheckResponse.ServingStatus.Value(status)
+
+
+TRACE_ID, CALLER_SPAN_ID = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+
+
+async def test_generate_continues_the_callers_trace_into_the_model_replica(
+    recorded_spans: InMemorySpanExporter,
+) -> None:
+    """The traceparent the proxy forwards parents the ingress span, and the ingress hands its
+    own context to the model replica, whose span is its child."""
+    handle = FakeHandle("small")
+    metadata = (("application", "generator"), ("traceparent", f"00-{TRACE_ID}-{CALLER_SPAN_ID}-01"))
+    await generate(make_ingress(handle), request(), RecordingContext(metadata))
+    (ingress_span,) = recorded_spans.get_finished_spans()
+    assert ingress_span.name == "ragfleet.generator.v1.GeneratorService/Generate"
+    assert ingress_span.kind is SpanKind.SERVER
+    assert ingress_span.context is not None and ingress_span.parent is not None
+    assert ingress_span.context.trace_id == int(TRACE_ID, 16)
+    assert ingress_span.parent.span_id == int(CALLER_SPAN_ID, 16)
+
+    settings = GeneratorSettings(engine=EngineKind.FAKE, models=("echo",))
+    replica = ModelDeployment(settings.served_models()[0], settings)
+    events = [
+        e async for e in replica.generate(to_domain_request(request()), handle.trace_contexts[0])
+    ]
+    assert isinstance(events[-1], GenerationDone)
+    replica_span = recorded_spans.get_finished_spans()[-1]
+    assert replica_span.name == "generator.model.generate"
+    assert replica_span.context is not None and replica_span.parent is not None
+    assert replica_span.context.trace_id == int(TRACE_ID, 16)
+    assert replica_span.parent.span_id == ingress_span.context.span_id
+    assert replica_span.attributes is not None
+    assert (
+        replica_span.attributes["gen_ai.usage.output_tokens"] == events[-1].usage.completion_tokens
+    )
+
+
+async def test_generate_is_untraced_and_passes_no_context_while_tracing_is_off() -> None:
+    handle = FakeHandle("small")
+    metadata = (("traceparent", f"00-{TRACE_ID}-{CALLER_SPAN_ID}-01"),)
+    await generate(make_ingress(handle), request(), RecordingContext(metadata))
+    assert handle.trace_contexts == [{}]
+
+
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_generate_counts_requests_tokens_and_time_to_first_token() -> None:
+    rpc = {"grpc_service": SERVICE_NAME, "grpc_method": "Generate"}
+
+    def samples() -> list[float]:
+        return [
+            _sample("ragfleet_grpc_server_requests_total", **rpc, grpc_code="OK"),
+            _sample("ragfleet_grpc_server_requests_total", **rpc, grpc_code="NOT_FOUND"),
+            _sample("ragfleet_generator_tokens_total", model="small", direction="in"),
+            _sample("ragfleet_generator_tokens_total", model="small", direction="out"),
+            _sample("ragfleet_generator_time_to_first_token_seconds_count", model="small"),
+        ]
+
+    before = samples()
+    ingress = make_ingress(FakeHandle("small"))
+    await generate(ingress, request(), RecordingContext())
+    with pytest.raises(NotFound):
+        await generate(ingress, request("x"), RecordingContext())
+    after = samples()
+    # FakeHandle's usage: 3 prompt tokens, 1 completion token.
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 3, 1, 1]

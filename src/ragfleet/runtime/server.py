@@ -1,13 +1,15 @@
 """Server factory shared by the grpc.aio services.
 
-``create_server`` builds an unstarted server with health, reflection and the error/readiness
-interceptor. ``run_service`` starts it, loads the service's models or indexes, flips health to
-SERVING, and on SIGTERM or SIGINT flips to NOT_SERVING, drains for the grace period and stops.
+``create_server`` builds an unstarted server with health, reflection, the telemetry interceptor
+(spans, request and latency metrics) and the error/readiness interceptor. ``run_service`` starts
+it, loads the service's models or indexes, flips health to SERVING, and on SIGTERM or SIGINT
+flips to NOT_SERVING, drains for the grace period and stops.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -16,11 +18,20 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.trace import SpanKind
 
 from ragfleet.runtime.channels import REQUEST_DEADLINE, Deadline
 from ragfleet.runtime.errors import RagfleetError
 from ragfleet.runtime.logging import get_logger
 from ragfleet.runtime.settings import ServiceSettings
+from ragfleet.runtime.telemetry import (
+    MetricsEndpoint,
+    configure_tracing,
+    flush_traces,
+    incoming_context,
+    observe_rpc,
+    tracing_enabled,
+)
 
 log = get_logger(__name__)
 
@@ -50,11 +61,9 @@ def _note_deadline(context: grpc.aio.ServicerContext[Any, Any]) -> None:
     REQUEST_DEADLINE.set(None if remaining is None else Deadline.after(remaining))
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps domain errors to status codes, and answers UNAVAILABLE at once while not ready."""
-
-    def __init__(self, readiness: _Readiness) -> None:
-        self._readiness = readiness
+class _ServiceInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps the handlers of the services' own methods (health and reflection pass as they are)
+    with what ``wrap`` returns."""
 
     async def intercept_service(
         self,
@@ -67,6 +76,23 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         method: str = handler_call_details.method  # type: ignore[attr-defined]
         if handler is None or method.startswith(_ALWAYS_OPEN):
             return handler
+        return self.wrap(handler, method)
+
+    def wrap(
+        self, handler: grpc.RpcMethodHandler[Any, Any], method: str
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        raise NotImplementedError
+
+
+class ErrorInterceptor(_ServiceInterceptor):
+    """Maps domain errors to status codes, and answers UNAVAILABLE at once while not ready."""
+
+    def __init__(self, readiness: _Readiness) -> None:
+        self._readiness = readiness
+
+    def wrap(
+        self, handler: grpc.RpcMethodHandler[Any, Any], method: str
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         readiness = self._readiness
 
         async def check_ready(context: grpc.aio.ServicerContext[Any, Any]) -> None:
@@ -81,46 +107,92 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             log.exception("rpc_crashed", method=method)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
 
-        if handler.unary_unary is not None:
-            inner_uu: Any = handler.unary_unary
+        async def unary_unary(
+            inner: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> Any:
+            await check_ready(context)
+            _note_deadline(context)
+            try:
+                return await inner(request, context)
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:
+                await fail(context, exc)
 
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                await check_ready(context)
-                _note_deadline(context)
+        async def unary_stream(
+            inner: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            await check_ready(context)
+            _note_deadline(context)
+            try:
+                async for response in inner(request, context):
+                    yield response
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:
+                await fail(context, exc)
+
+        return _wrap_handler(handler, unary_unary, unary_stream)
+
+
+class TelemetryInterceptor(_ServiceInterceptor):
+    """A server span per RPC (its parent the caller's ``traceparent``) when tracing is on, and
+    the request counter and latency histogram per service, method and status code. Outermost,
+    so it sees the status the error interceptor chose; health and reflection are left out."""
+
+    def wrap(
+        self, handler: grpc.RpcMethodHandler[Any, Any], method: str
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+
+        def observe(context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            parent = incoming_context(context.invocation_metadata()) if tracing_enabled() else None
+            return observe_rpc(method, kind=SpanKind.SERVER, parent=parent)
+
+        async def unary_unary(
+            inner: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> Any:
+            with observe(context) as rpc:
                 try:
-                    return await inner_uu(request, context)
-                except (asyncio.CancelledError, grpc.aio.AbortError):
+                    return await inner(request, context)
+                except grpc.aio.AbortError:
+                    rpc.code = context.code()
                     raise
-                except Exception as exc:
-                    await fail(context, exc)
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            inner_us: Any = handler.unary_stream
-
-            async def unary_stream(
-                request: Any, context: grpc.aio.ServicerContext[Any, Any]
-            ) -> AsyncIterator[Any]:
-                await check_ready(context)
-                _note_deadline(context)
+        async def unary_stream(
+            inner: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            with observe(context) as rpc:
                 try:
-                    async for response in inner_us(request, context):
+                    async for response in inner(request, context):
                         yield response
-                except (asyncio.CancelledError, grpc.aio.AbortError):
+                except grpc.aio.AbortError:
+                    rpc.code = context.code()
                     raise
-                except Exception as exc:
-                    await fail(context, exc)
 
-            return grpc.unary_stream_rpc_method_handler(
-                unary_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        return _wrap_handler(handler, unary_unary, unary_stream)
+
+
+def _wrap_handler(
+    handler: grpc.RpcMethodHandler[Any, Any],
+    unary_unary: Callable[..., Awaitable[Any]],
+    unary_stream: Callable[..., AsyncIterator[Any]],
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """``handler`` with its unary-unary or unary-stream behaviour wrapped: the wrappers take the
+    inner behaviour first, then the request and context. Other kinds pass unchanged."""
+    # partial keeps them coroutine and async-generator functions, which grpc.aio checks.
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            functools.partial(unary_unary, handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            functools.partial(unary_stream, handler.unary_stream),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler
 
 
 class GrpcService:
@@ -134,6 +206,8 @@ class GrpcService:
         service_names: Sequence[str],
         readiness: _Readiness,
         grace_period_s: float,
+        metrics: MetricsEndpoint | None = None,
+        telemetry_name: str = "ragfleet",
     ) -> None:
         self.server = server
         self.port = port
@@ -141,13 +215,19 @@ class GrpcService:
         self._service_names = list(service_names)
         self._readiness = readiness
         self._grace_period_s = grace_period_s
+        self.metrics = metrics or MetricsEndpoint("127.0.0.1", 0)
+        self._telemetry_name = telemetry_name
 
     @property
     def ready(self) -> bool:
         return self._readiness.ready
 
     async def start(self) -> None:
+        """Starts serving (NOT_SERVING until ``mark_ready``), the metrics endpoint if
+        configured, and tracing if the ``OTEL_*`` environment asks for it."""
+        configure_tracing(self._telemetry_name)
         await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.metrics.start()
         await self.server.start()
         log.info("listening", port=self.port, services=self._service_names)
 
@@ -164,6 +244,8 @@ class GrpcService:
         grace = self._grace_period_s if grace_period_s is None else grace_period_s
         log.info("draining", grace_period_s=grace)
         await self.server.stop(grace)
+        self.metrics.stop()
+        flush_traces()
         log.info("stopped")
 
     async def _set_all(self, status: int) -> None:
@@ -176,10 +258,11 @@ def create_server(
     servicers: Sequence[Servicer],
     options: Sequence[tuple[str, Any]] = (),
 ) -> GrpcService:
-    """Builds an unstarted server bound to ``settings.bind_address`` (port 0 picks a free port)."""
+    """Builds an unstarted server bound to ``settings.bind_address`` (port 0 picks a free port),
+    with its metrics on ``settings.metrics_port`` (0: none)."""
     readiness = _Readiness()
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor(readiness)],
+        interceptors=[TelemetryInterceptor(), ErrorInterceptor(readiness)],
         options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -202,7 +285,16 @@ def create_server(
     port = server.add_insecure_port(settings.bind_address)
     if port == 0:
         raise OSError(f"cannot bind {settings.bind_address}: is the port already in use?")
-    return GrpcService(server, port, health_servicer, names, readiness, settings.grace_period_s)
+    return GrpcService(
+        server,
+        port,
+        health_servicer,
+        names,
+        readiness,
+        settings.grace_period_s,
+        MetricsEndpoint(settings.host, settings.metrics_port),
+        settings.telemetry_name,
+    )
 
 
 async def run_service(service: GrpcService, load: Callable[[], Awaitable[None]]) -> None:

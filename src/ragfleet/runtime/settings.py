@@ -23,6 +23,9 @@ class ServiceSettings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Prometheus /metrics HTTP port; 0 turns it off"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -40,6 +43,12 @@ class ServiceSettings(BaseSettings):
                 hint = f"; did you mean {prefix}{close[0]}?" if close else ""
                 raise ValueError(f"{variable} is not a setting{hint}")
         return data
+
+    @property
+    def telemetry_name(self) -> str:
+        """The service's name in traces: ``ragfleet-embedder`` for ``RAGFLEET_EMBEDDER_``."""
+        prefix = str(self.model_config.get("env_prefix", "RAGFLEET_"))
+        return prefix.strip("_").lower().replace("_", "-")
 
     @property
     def bind_address(self) -> str:

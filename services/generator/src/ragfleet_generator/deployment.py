@@ -11,12 +11,15 @@ of the runtime's error interceptor.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2
+from opentelemetry.trace import SpanKind
+from prometheus_client import Counter, Histogram
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.grpc_util import RayServegRPCContext
@@ -26,8 +29,18 @@ from ragfleet.domain import usage_to_proto
 from ragfleet.generator.v1 import generator_pb2
 from ragfleet.runtime.errors import NotFound, RagfleetError, Unavailable
 from ragfleet.runtime.logging import configure_logging, get_logger
+from ragfleet.runtime.telemetry import (
+    LATENCY_BUCKETS,
+    MetricsEndpoint,
+    configure_tracing,
+    incoming_context,
+    observe_rpc,
+    stage_span,
+    trace_carrier,
+    tracing_enabled,
+)
 from ragfleet_generator.core import GenerationRequest, GeneratorCore, MessageInput, ModelInfo
-from ragfleet_generator.engine import GenerationEvent, TokenDelta
+from ragfleet_generator.engine import GenerationDone, GenerationEvent, TokenDelta
 from ragfleet_generator.loader import build_model_core
 from ragfleet_generator.settings import GeneratorSettings, ServedModelConfig
 
@@ -36,6 +49,17 @@ T = TypeVar("T")
 
 SERVICE_NAME = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"].full_name
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+GENERATED_TOKENS = Counter(
+    "ragfleet_generator_tokens",
+    "Tokens of finished generations: direction is prompt (in) or completion (out)",
+    ("model", "direction"),
+)
+TIME_TO_FIRST_TOKEN = Histogram(
+    "ragfleet_generator_time_to_first_token_seconds",
+    "Time from a Generate call reaching the ingress to its first token",
+    ("model",),
+    buckets=LATENCY_BUCKETS,
+)
 GRPC_SERVICER_FUNCTIONS = (
     "ragfleet.generator.v1.generator_pb2_grpc.add_GeneratorServiceServicer_to_server",
     "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
@@ -96,13 +120,23 @@ class ModelDeployment:
 
     def __init__(self, model: ServedModelConfig, settings: GeneratorSettings) -> None:
         configure_logging(settings.log_level, settings.log_format)
+        configure_tracing(settings.telemetry_name)
+        self._name = model.name
         self._core: GeneratorCore = build_model_core(model, settings)
         log.info("replica_ready", model=model.name, engine=str(model.engine))
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
-        """Streams the core's events; domain errors propagate to the caller."""
-        async for event in self._core.generate(request):
-            yield event
+    async def generate(
+        self, request: GenerationRequest, trace_context: Mapping[str, str] | None = None
+    ) -> AsyncIterator[GenerationEvent]:
+        """Streams the core's events; domain errors propagate to the caller. ``trace_context``
+        (the ingress's ``trace_carrier()``) parents this replica's span."""
+        parent = incoming_context((trace_context or {}).items()) if trace_context else None
+        with stage_span("generator.model.generate", parent=parent, model=self._name) as span:
+            async for event in self._core.generate(request):
+                if isinstance(event, GenerationDone) and span.is_recording():
+                    span.set_attribute("gen_ai.usage.input_tokens", event.usage.prompt_tokens)
+                    span.set_attribute("gen_ai.usage.output_tokens", event.usage.completion_tokens)
+                yield event
 
     async def info(self) -> ModelInfo:
         (info,) = self._core.list_models()
@@ -111,6 +145,11 @@ class ModelDeployment:
     async def ready(self) -> bool:
         """Answers once the replica exists, i.e. once its model is loaded."""
         return True
+
+
+def _count_tokens(model: str, done: GenerationDone) -> None:
+    GENERATED_TOKENS.labels(model, "in").inc(done.usage.prompt_tokens)
+    GENERATED_TOKENS.labels(model, "out").inc(done.usage.completion_tokens)
 
 
 def _domain_error(exc: BaseException, model: str) -> BaseException:
@@ -134,6 +173,10 @@ class GeneratorIngress:
         configure_logging(settings.log_level, settings.log_format)
         if not models:
             raise ValueError("at least one model deployment is required")
+        configure_tracing(settings.telemetry_name)
+        # One ingress replica (the default) sees every request; it serves the metrics.
+        self._metrics = MetricsEndpoint(settings.host, settings.metrics_port)
+        self._metrics.start()
         self._models = dict(models)
         self._default_model = next(iter(self._models))
         self._health_timeout_s = settings.health_timeout_s
@@ -157,20 +200,34 @@ class GeneratorIngress:
         self, request: generator_pb2.GenerateRequest, grpc_context: RayServegRPCContext
     ) -> AsyncIterator[generator_pb2.GenerateResponse]:
         """Streams token deltas, then one ``done`` message with usage and timing."""
-        with grpc_status_for_errors(grpc_context, "Generate"):
-            domain_request = to_domain_request(request)
-            model, handle = self._handle(domain_request.model)
-            events: DeploymentResponseGenerator[GenerationEvent] = handle.options(
-                stream=True
-            ).generate.remote(domain_request)  # type: ignore[assignment]
-            while True:
-                try:
-                    event: GenerationEvent = await events.__anext__()
-                except StopAsyncIteration:
-                    break
-                except Exception as exc:
-                    raise _domain_error(exc, model) from None
-                yield to_response(event, model)
+        metadata = grpc_context.invocation_metadata()
+        parent = incoming_context(metadata) if tracing_enabled() else None
+        start = time.perf_counter()
+        with observe_rpc(f"/{SERVICE_NAME}/Generate", kind=SpanKind.SERVER, parent=parent) as rpc:
+            try:
+                with grpc_status_for_errors(grpc_context, "Generate"):
+                    domain_request = to_domain_request(request)
+                    model, handle = self._handle(domain_request.model)
+                    events: DeploymentResponseGenerator[GenerationEvent] = handle.options(
+                        stream=True
+                    ).generate.remote(domain_request, trace_carrier())  # type: ignore[assignment]
+                    first = True
+                    while True:
+                        try:
+                            event: GenerationEvent = await events.__anext__()
+                        except StopAsyncIteration:
+                            break
+                        except Exception as exc:
+                            raise _domain_error(exc, model) from None
+                        if first and isinstance(event, TokenDelta):
+                            TIME_TO_FIRST_TOKEN.labels(model).observe(time.perf_counter() - start)
+                            first = False
+                        if isinstance(event, GenerationDone):
+                            _count_tokens(model, event)
+                        yield to_response(event, model)
+            except Exception:
+                rpc.code = grpc_context.code()
+                raise
 
     async def ListModels(
         self, request: generator_pb2.ListModelsRequest, grpc_context: RayServegRPCContext
