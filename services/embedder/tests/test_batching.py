@@ -6,6 +6,7 @@ import asyncio
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from ragfleet.runtime.errors import Unavailable
 from ragfleet_embedder.batching import DynamicBatcher
@@ -156,3 +157,28 @@ async def test_submit_before_start_is_unavailable() -> None:
 def test_constructor_rejects_bad_limits(size: int, wait: float) -> None:
     with pytest.raises(ValueError):
         DynamicBatcher(FakeEmbeddingModel().encode, size, wait)
+
+
+async def test_batch_sizes_queue_depth_and_dropped_callers_are_measured() -> None:
+    def sample(name: str) -> float:
+        return REGISTRY.get_sample_value(name) or 0.0
+
+    names = (
+        "ragfleet_embedder_batch_texts_count",
+        "ragfleet_embedder_batch_texts_sum",
+        "ragfleet_embedder_dropped_requests_total",
+    )
+    before = [sample(name) for name in names]
+    model = FakeEmbeddingModel(delay_s=0.01)
+    batcher = await started(model, max_batch_size=64, max_wait_s=0.05)
+    try:
+        doomed = asyncio.ensure_future(batcher.submit(["doomed"]))
+        kept = asyncio.ensure_future(batcher.submit(["kept", "too"]))
+        await asyncio.sleep(0)
+        assert sample("ragfleet_embedder_queued_texts") == 3
+        doomed.cancel()
+        await kept
+    finally:
+        await batcher.close()
+    assert [sample(name) - b for name, b in zip(names, before, strict=True)] == [1, 2, 1]
+    assert sample("ragfleet_embedder_queued_texts") == 0

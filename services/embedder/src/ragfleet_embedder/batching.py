@@ -9,10 +9,24 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
+from prometheus_client import Counter, Gauge, Histogram
 
 from ragfleet.runtime.errors import Unavailable
 
 EncodeFn = Callable[[Sequence[str]], NDArray[np.float32]]
+
+BATCH_TEXTS = Histogram(
+    "ragfleet_embedder_batch_texts",
+    "Texts per model call of the dynamic batcher",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+QUEUED_TEXTS = Gauge(
+    "ragfleet_embedder_queued_texts", "Texts waiting for the next batch of the dynamic batcher"
+)
+DROPPED_REQUESTS = Counter(
+    "ragfleet_embedder_dropped_requests",
+    "Requests whose caller gave up (cancelled, deadline) before their batch was encoded",
+)
 
 
 @dataclass
@@ -71,6 +85,7 @@ class DynamicBatcher:
         request = _Request(texts, loop.create_future(), loop.time())
         self._pending.append(request)
         self._pending_texts += len(texts)
+        QUEUED_TEXTS.inc(len(texts))
         self._arrived.set()
         return await request.future
 
@@ -111,10 +126,15 @@ class DynamicBatcher:
                 break
             self._pending.popleft()
             self._pending_texts -= len(request.texts)
+            QUEUED_TEXTS.dec(len(request.texts))
             # A caller that gave up (cancelled, deadline) is dropped before it costs model time.
             if not request.future.done():
                 batch.append(request)
                 size += len(request.texts)
+            else:
+                DROPPED_REQUESTS.inc()
+        if batch:
+            BATCH_TEXTS.observe(size)
         return batch
 
     async def _encode_batch(self, batch: list[_Request]) -> None:
@@ -141,6 +161,7 @@ class DynamicBatcher:
     def _fail_pending(self, error: Exception) -> None:
         while self._pending:
             _settle(self._pending.popleft(), error)
+        QUEUED_TEXTS.dec(self._pending_texts)
         self._pending_texts = 0
 
 

@@ -45,6 +45,7 @@ from ragfleet.runtime.errors import (
 from ragfleet.runtime.logging import get_logger
 from ragfleet_gateway.breaker import CircuitBreaker
 from ragfleet_gateway.domain import AttemptOutcome, ModelAttempt, RestartEvent
+from ragfleet_gateway.metrics import PASSTHROUGH, RESTARTS, record_attempt, watch_breaker
 
 log = get_logger(__name__)
 
@@ -185,7 +186,7 @@ class FallbackChain:
     ) -> AsyncGenerator[ChainEvent, None]:
         """Token and restart events as they happen, then one ``ChainResult``. Raises
         ``InvalidInput``/``NotFound`` when a model rejects the request."""
-        attempts: list[ModelAttempt] = []
+        attempts = _CountedAttempts(self._passthrough)
         failure = "no model could be tried"
         restarted = False
         reserve = self._timeouts.reserve_s
@@ -234,6 +235,7 @@ class FallbackChain:
                     failure = f"{_label(link.name)}: {exc.message}"
                     log.warning("generation_attempt_failed", model=link.name, reason=reason)
                     if parts:
+                        RESTARTS.labels(attempts.label(link.name)).inc()
                         restarted = True
                         yield RestartEvent(link.name, exc.message)
                         break
@@ -281,6 +283,22 @@ class FallbackChain:
                 first = False
 
 
+class _CountedAttempts(list[ModelAttempt]):
+    """The tries of one request, each counted in the gateway's metrics as it is added."""
+
+    def __init__(self, passthrough: bool) -> None:
+        super().__init__()
+        self._passthrough = passthrough
+
+    def label(self, model: str) -> str:
+        return PASSTHROUGH if self._passthrough else model or "default"
+
+    def append(self, attempt: ModelAttempt) -> None:
+        tried_others = any(a.model != attempt.model for a in self)
+        record_attempt(attempt, self.label(attempt.model), after_others=tried_others)
+        super().append(attempt)
+
+
 def _label(name: str) -> str:
     return f"model {name!r}" if name else "the default model"
 
@@ -296,8 +314,12 @@ def build_chain(
 ) -> FallbackChain:
     """A chain over ``links`` (model name -> its generator, in chain order), one new breaker
     per link."""
+    chain = [ChainLink(name, generator, breaker()) for name, generator in links.items()]
+    if not passthrough:
+        for link in chain:
+            watch_breaker(link.name, link.breaker)
     return FallbackChain(
-        [ChainLink(name, generator, breaker()) for name, generator in links.items()],
+        chain,
         attempts_per_link,
         backoff,
         timeouts,

@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
 from ragfleet.runtime.server import GrpcService
+from ragfleet.runtime.telemetry import tracing_requested
 from ragfleet_gateway.ingest_jobs import IngestJobs
 from ragfleet_gateway.pipeline import RagPipeline
 from ragfleet_gateway.rest import create_app
@@ -65,6 +68,9 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
     )
     jobs = IngestJobs.from_settings(settings)
     app = create_app(pipeline, lambda: upstreams.health(settings.health_timeout_s), jobs)
+    if tracing_requested():
+        # REST requests get server spans (and continue a caller's traceparent) like RPCs do.
+        FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz")
     return Gateway(
         settings=settings,
         upstreams=upstreams,
