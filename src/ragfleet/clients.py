@@ -317,7 +317,7 @@ class GeneratorClient(_Client):
         if params.temperature is not None:
             request.temperature = params.temperature
         timeout = deadline.timeout("generation") - reserve_s
-        with observe_rpc(f"/{self.service_name}/Generate", kind=SpanKind.CLIENT):
+        with observe_rpc(f"/{self.service_name}/Generate", kind=SpanKind.CLIENT) as rpc:
             call = self._stub.Generate(
                 request, timeout=max(timeout, 0.001), metadata=outgoing_metadata(self._metadata)
             )
@@ -327,6 +327,8 @@ class GeneratorClient(_Client):
                     if kind == "token":
                         yield TokenEvent(reply.token.text)
                     elif kind == "done":
+                        # Complete: a caller that stops reading here has not cancelled it.
+                        rpc.code = grpc.StatusCode.OK
                         yield GenerationDone(
                             model=reply.done.model,
                             finish_reason=reply.done.finish_reason,

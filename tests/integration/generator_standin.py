@@ -5,7 +5,8 @@ Run as its own process so a test can SIGKILL or SIGSTOP it:
 Modes: ``ok`` streams ``--tokens`` canned words then a final message; ``hang`` accepts the call
 and never answers; ``unavailable`` / ``invalid`` abort every call with UNAVAILABLE /
 INVALID_ARGUMENT. Every Generate call appends its model name to ``--calls-file``. Prints
-``READY`` once it listens.
+``READY`` once it listens. Its RPCs are traced and measured like a service's (the runtime's
+telemetry interceptor), so a trace through it reaches the generator's place in the fleet.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import grpc
 
 from ragfleet.common.v1 import common_pb2
 from ragfleet.generator.v1 import generator_pb2, generator_pb2_grpc
+from ragfleet.runtime.server import TelemetryInterceptor
+from ragfleet.runtime.telemetry import configure_tracing, flush_traces
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -67,7 +70,8 @@ class StandInGenerator(generator_pb2_grpc.GeneratorServiceServicer):
 
 
 async def serve(args: argparse.Namespace) -> None:
-    server = grpc.aio.server()
+    configure_tracing("ragfleet-generator-standin")
+    server = grpc.aio.server(interceptors=[TelemetryInterceptor()])
     generator_pb2_grpc.add_GeneratorServiceServicer_to_server(
         StandInGenerator(args.name, args.mode, args.tokens, args.token_delay, args.calls_file),
         server,
@@ -75,7 +79,10 @@ async def serve(args: argparse.Namespace) -> None:
     server.add_insecure_port(f"127.0.0.1:{args.port}")
     await server.start()
     print("READY", flush=True)
-    await server.wait_for_termination()
+    try:
+        await server.wait_for_termination()
+    finally:
+        flush_traces()
 
 
 def main() -> None:

@@ -235,7 +235,7 @@ def observe_rpc(
         code = observation.code or grpc.StatusCode.OK
     except BaseException as exc:
         code = observation.code or _status_of(exc)
-        if span.is_recording() and code is not grpc.StatusCode.CANCELLED:
+        if span.is_recording() and code not in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED):
             span.record_exception(exc)
         raise
     finally:
