@@ -205,7 +205,7 @@ def test_services_expose_the_grpc_ports(default_objects: list[Manifest]) -> None
         ports = find(default_objects, "Service", f"{RELEASE}-{service}")["spec"]["ports"]
         assert {"name": "grpc", "port": port, "targetPort": port}.items() <= ports[0].items()
     gateway_ports = find(default_objects, "Service", f"{RELEASE}-gateway")["spec"]["ports"]
-    assert [p["port"] for p in gateway_ports] == [50050, 8080]
+    assert [p["port"] for p in gateway_ports] == [50050, 8080, 9090]
 
 
 def test_gateway_points_at_the_other_services(default_objects: list[Manifest]) -> None:
@@ -506,3 +506,41 @@ def test_schema_text_forms_are_what_pydantic_parses(pattern: str, python_type: t
         except ValidationError:
             parses = False
         assert bool(regex.search(sample)) == parses, sample
+
+
+def test_metrics_ports_are_exposed_and_annotated(default_objects: list[Manifest]) -> None:
+    for service in ("embedder", "retriever", "gateway"):
+        assert (
+            config_env(default_objects, service)[f"RAGFLEET_{service.upper()}_METRICS_PORT"]
+            == "9090"
+        )
+        svc = find(default_objects, "Service", f"{RELEASE}-{service}")
+        assert {"name": "metrics", "port": 9090}.items() <= svc["spec"]["ports"][-1].items()
+        assert svc["metadata"]["annotations"]["prometheus.io/port"] == "9090"
+        (workload,) = [
+            o for o in workloads(default_objects) if o["metadata"]["name"].endswith(service)
+        ]
+        pod = workload["spec"]["template"]
+        assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+        assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in pod["spec"][
+            "containers"
+        ][0]["ports"]
+    assert not [o for o in default_objects if o["kind"] == "ServiceMonitor"]
+
+
+def test_service_monitors_are_optional(render: Render) -> None:
+    objects = render(
+        *(f"{s}.metrics.serviceMonitor.enabled=true" for s in ("embedder", "retriever", "gateway")),
+        "gateway.metrics.serviceMonitor.labels.release=prometheus",
+    )
+    monitors = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ServiceMonitor"}
+    assert set(monitors) == {f"{RELEASE}-{s}" for s in ("embedder", "retriever", "gateway")}
+    gateway = monitors[f"{RELEASE}-gateway"]
+    assert gateway["spec"]["endpoints"] == [
+        {"port": "metrics", "path": "/metrics", "interval": "30s"}
+    ]
+    assert gateway["metadata"]["labels"]["release"] == "prometheus"
+    off = render("gateway.ports.metrics=0")
+    assert config_env(off, "gateway")["RAGFLEET_GATEWAY_METRICS_PORT"] == "0"
+    ports = find(off, "Service", f"{RELEASE}-gateway")["spec"]["ports"]
+    assert "metrics" not in [p["name"] for p in ports]

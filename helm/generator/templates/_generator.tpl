@@ -6,6 +6,11 @@
 {{- $_ := set $settings "http_port" $v.ports.serve -}}
 {{- $_ := set $settings "app_name" $v.appName -}}
 {{- $_ := set $settings "grace_period_s" $v.gracePeriodSeconds -}}
+{{- $_ := set $settings "metrics_port" (int (default 0 $v.ports.metrics)) -}}
+{{- if $v.ports.metrics -}}
+{{- /* The ingress replica's metrics endpoint must be reachable from outside its pod. */ -}}
+{{- $_ := set $settings "host" "0.0.0.0" -}}
+{{- end -}}
 {{- $_ := set $settings "model_cache_dir" (printf "%s/models" $v.modelCache.mountPath) -}}
 {{- if $v.gpu.enabled -}}
 {{- $names := list -}}
@@ -79,7 +84,8 @@ metadata:
     {{- with $v.podLabels }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
-  {{- with $v.podAnnotations }}
+  {{- $annotations := include "ragfleet-common.prometheusAnnotations" $root | fromYaml }}
+  {{- with merge $annotations (default dict $v.podAnnotations) }}
   annotations:
     {{- toYaml . | nindent 4 }}
   {{- end }}
@@ -126,6 +132,10 @@ spec:
           containerPort: {{ $v.ports.serve }}
         - name: grpc
           containerPort: {{ $v.ports.grpc }}
+        {{- with $v.ports.metrics }}
+        - name: metrics
+          containerPort: {{ . }}
+        {{- end }}
       {{- with .env }}
       env:
         {{- toYaml . | nindent 8 }}

@@ -11,7 +11,8 @@ metadata:
   namespace: {{ $root.Release.Namespace }}
   labels:
     {{- include "ragfleet-common.labels" $root | nindent 4 }}
-  {{- with $root.Values.service.annotations }}
+  {{- $annotations := include "ragfleet-common.prometheusAnnotations" $root | fromYaml }}
+  {{- with merge $annotations (default dict $root.Values.service.annotations) }}
   annotations:
     {{- toYaml . | nindent 4 }}
   {{- end }}
@@ -36,5 +37,12 @@ spec:
       {{- with .appProtocol }}
       appProtocol: {{ . }}
       {{- end }}
+    {{- end }}
+    {{- with $root.Values.ports.metrics }}
+    - name: metrics
+      port: {{ . }}
+      targetPort: {{ . }}
+      protocol: TCP
+      appProtocol: http
     {{- end }}
 {{- end -}}

@@ -50,6 +50,7 @@ spec:
         {{- end }}
       annotations:
         checksum/config: {{ $config | sha256sum }}
+        {{- include "ragfleet-common.prometheusAnnotations" $root | nindent 8 }}
         {{- with $v.podAnnotations }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -76,6 +77,11 @@ spec:
             {{- range .extraPorts }}
             - name: {{ .name }}
               containerPort: {{ .port }}
+              protocol: TCP
+            {{- end }}
+            {{- with $v.ports.metrics }}
+            - name: metrics
+              containerPort: {{ . }}
               protocol: TCP
             {{- end }}
           envFrom:
