@@ -28,7 +28,8 @@ $(VENV)/.installed: pyproject.toml tools/pyproject.toml $(foreach s,$(SERVICES),
 	command -v $(UV) >/dev/null || python3 -m pip install --quiet "uv==0.13.8"
 	test -x $(PY) || $(UV) venv --quiet --python $(PYTHON_VERSION) $(VENV)
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(UV) pip install --python $(PY) $(FIND_LINKS) \
-	  -e ".[dev]" $(foreach s,$(SERVICES),-e services/$(s)) -e tools \
+	  -e ".[dev]" $(foreach s,$(filter-out gateway,$(SERVICES)),-e services/$(s)) \
+	  -e "services/gateway[test]" -e tools \
 	  $(foreach i,$(INTEGRATIONS),-e "$(i)[test]")
 	scripts/install_helm.sh $(VENV)/bin
 	touch $@

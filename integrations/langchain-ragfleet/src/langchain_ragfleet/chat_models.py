@@ -11,7 +11,13 @@ from langchain_core.callbacks import (
     CallbackManagerForLLMRun,
 )
 from langchain_core.language_models import BaseChatModel, LangSmithParams
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+)
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field, PrivateAttr
@@ -19,6 +25,7 @@ from pydantic import ConfigDict, Field, PrivateAttr
 from langchain_ragfleet._connection import Connection
 from langchain_ragfleet._gateway import GatewayClient
 from langchain_ragfleet.retrievers import gateway_address, retrieval_options
+from ragfleet.common.v1 import common_pb2
 from ragfleet.gateway.v1 import gateway_pb2
 from ragfleet.runtime.channels import Deadline
 from ragfleet.runtime.errors import RagfleetError
@@ -26,20 +33,32 @@ from ragfleet.runtime.errors import RagfleetError
 PER_CALL_PARAMETERS = frozenset({"model", "max_tokens", "temperature"})
 
 
-def question_of(messages: Sequence[BaseMessage]) -> str:
-    """The question: the text of the one human message. The gateway's Ask answers a standalone
-    question with its own system prompt, so system messages and earlier turns are refused
-    rather than silently dropped."""
-    if len(messages) != 1 or not isinstance(messages[0], HumanMessage):
+def conversation_of(
+    messages: Sequence[BaseMessage],
+) -> tuple[str, list[common_pb2.ChatMessage]]:
+    """The question (the last message, a human one) and the conversation before it as Ask's
+    history. System messages are left out: the gateway answers with its own grounded prompt, as
+    its OpenAI-compatible route does."""
+    turns = [m for m in messages if not isinstance(m, SystemMessage)]
+    if not turns or not isinstance(turns[-1], HumanMessage):
         kinds = ", ".join(m.type for m in messages) or "none"
         raise ValueError(
-            "ChatRagfleet sends one human message (the question) to the gateway's Ask, which "
-            f"answers standalone questions with its own system prompt; got messages: {kinds}"
+            "ChatRagfleet asks the gateway the last message, which must be a human message "
+            f"(system messages are left out); got messages: {kinds}"
         )
-    question = messages[0].text.strip()
+    history = []
+    for i, message in enumerate(turns[:-1]):
+        if not isinstance(message, HumanMessage | AIMessage):
+            raise ValueError(
+                f"messages[{i}] is a {message.type} message; the conversation before the "
+                "question may hold only human and AI messages"
+            )
+        role = "user" if isinstance(message, HumanMessage) else "assistant"
+        history.append(common_pb2.ChatMessage(role=role, content=message.text))
+    question = turns[-1].text.strip()
     if not question:
-        raise ValueError("the question (the human message's text) is empty")
-    return question
+        raise ValueError("the question (the last human message's text) is empty")
+    return question, history
 
 
 class StopScanner:
@@ -117,6 +136,7 @@ class AskTurn:
         self._streamed = ""
         self._sources: list[dict[str, Any]] = []
         self._restarts: list[dict[str, str]] = []
+        self._rewrite: dict[str, str] | None = None
         self.answer: gateway_pb2.Answer | None = None
 
     def feed(self, event: gateway_pb2.AskEvent) -> str:
@@ -124,6 +144,12 @@ class AskTurn:
         kind = event.WhichOneof("event")
         if kind == "sources":
             self._sources = [_source(s) for s in event.sources.sources]
+        elif kind == "rewrite":
+            self._rewrite = {
+                "query": event.rewrite.query,
+                "method": gateway_pb2.RewriteMethod.Name(event.rewrite.method),
+                "reason": event.rewrite.reason,
+            }
         elif kind == "restart":
             self._restarts.append({"model": event.restart.model, "reason": event.restart.reason})
         elif kind == "answer":
@@ -168,6 +194,8 @@ class AskTurn:
             "restarted": answer.restarted,
             "restarts": self._restarts,
             "timings_ms": {t.stage: t.ms for t in answer.timings},
+            "rewrite": self._rewrite,
+            "history_trimmed": answer.history_trimmed,
         }
 
     def usage(self) -> UsageMetadata:
@@ -262,8 +290,10 @@ class ChatRagfleet(BaseChatModel):
                 f"ChatRagfleet does not take {', '.join(sorted(unknown))} (per call it takes "
                 f"{', '.join(sorted(PER_CALL_PARAMETERS))}; tools are not offered)"
             )
+        question, history = conversation_of(messages)
         request = gateway_pb2.AskRequest(
-            question=question_of(messages),
+            question=question,
+            history=history,
             model=kwargs.get("model") or self.model_name,
             retrieval=retrieval_options(
                 self.k, self.mode, self.tenant, self.metadata_filter, self.rerank

@@ -242,24 +242,6 @@ class TestChatRagfleet(_LiveFleet, ChatModelIntegrationTests):
     def model_override_value(self) -> str:
         return ECHO
 
-    @pytest.mark.xfail(
-        reason="Ask answers one standalone question: ChatRagfleet refuses earlier turns "
-        "(ValueError) until the gateway takes a conversation's history (issue 14, part 2)",
-        raises=ValueError,
-        strict=True,
-    )
-    def test_conversation(self, model: ChatRagfleet) -> None:  # type: ignore[override]
-        super().test_conversation(model)
-
-    @pytest.mark.xfail(
-        reason="Ask answers one standalone question with the gateway's own system prompt: "
-        "ChatRagfleet refuses system messages and earlier turns (ValueError)",
-        raises=ValueError,
-        strict=True,
-    )
-    def test_double_messages_conversation(self, model: ChatRagfleet) -> None:  # type: ignore[override]
-        super().test_double_messages_conversation(model)
-
 
 def test_a_grounded_answer_cites_the_passages_it_was_given(fleet: Fleet) -> None:
     reply = ChatRagfleet(address=fleet.gateway, max_tokens=64).invoke(
@@ -293,12 +275,21 @@ def test_a_stop_sequence_cuts_the_answer(fleet: Fleet) -> None:
     assert cut == streamed == whole[: whole.index("usearch")]
 
 
-def test_earlier_turns_are_refused_naming_them(fleet: Fleet) -> None:
-    chat = ChatRagfleet(address=fleet.gateway)
-    with pytest.raises(ValueError, match="system, human"):
-        chat.invoke([SystemMessage("be brief"), HumanMessage("hi")])
-    with pytest.raises(ValueError, match="human, ai, human"):
-        chat.invoke([HumanMessage("hi"), AIMessage("hello"), HumanMessage("and?")])
+def test_earlier_turns_go_to_the_gateway_as_history(fleet: Fleet) -> None:
+    chat = ChatRagfleet(address=fleet.gateway, model=ECHO, max_tokens=32)
+    reply = chat.invoke(
+        [
+            SystemMessage("be brief"),
+            HumanMessage("Where does tantivy keep its postings?"),
+            AIMessage("In the index folder [1]."),
+            HumanMessage("and usearch?"),
+        ]
+    )
+    rewrite = reply.response_metadata["rewrite"]
+    assert rewrite["query"] != "and usearch?" and "usearch" in rewrite["query"]
+    assert reply.response_metadata["history_trimmed"] == 0
+    with pytest.raises(ValueError, match="human, ai"):
+        chat.invoke([HumanMessage("hi"), AIMessage("hello")])
 
 
 def test_retrieval_options_reach_the_gateway(fleet: Fleet) -> None:

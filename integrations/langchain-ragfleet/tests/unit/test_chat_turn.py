@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
-from langchain_ragfleet.chat_models import AskTurn, StopScanner, question_of
+from langchain_ragfleet.chat_models import AskTurn, StopScanner, conversation_of
 from ragfleet.common.v1 import common_pb2
 from ragfleet.gateway.v1 import gateway_pb2
 
@@ -83,18 +83,30 @@ def test_an_ask_without_an_answer_is_an_error() -> None:
 @pytest.mark.parametrize(
     ("messages", "named"),
     [
-        ([SystemMessage("be brief"), HumanMessage("q")], "system, human"),
-        ([HumanMessage("q"), AIMessage("a"), HumanMessage("q2")], "human, ai, human"),
-        ([AIMessage("a")], "ai"),
+        ([HumanMessage("q"), AIMessage("a")], "human, ai"),
+        ([SystemMessage("be brief"), AIMessage("a")], "system, ai"),
+        ([SystemMessage("be brief")], "system"),
         ([], "none"),
     ],
 )
-def test_only_one_human_message_is_a_question(messages: list[BaseMessage], named: str) -> None:
+def test_the_last_message_must_be_a_human_question(messages: list[BaseMessage], named: str) -> None:
     with pytest.raises(ValueError, match=named):
-        question_of(messages)
+        conversation_of(messages)
 
 
-def test_the_question_is_the_human_messages_text() -> None:
-    assert question_of([HumanMessage("  Why?  ", name="user")]) == "Why?"
+def test_earlier_turns_become_history_and_system_messages_are_left_out() -> None:
+    question, history = conversation_of(
+        [
+            SystemMessage("be brief"),
+            HumanMessage("What is the grace period?"),
+            AIMessage("Ten seconds [1]."),
+            HumanMessage("  And how do I change it?  ", name="user"),
+        ]
+    )
+    assert question == "And how do I change it?"
+    assert [(m.role, m.content) for m in history] == [
+        ("user", "What is the grace period?"),
+        ("assistant", "Ten seconds [1]."),
+    ]
     with pytest.raises(ValueError, match="empty"):
-        question_of([HumanMessage("   ")])
+        conversation_of([HumanMessage("   ")])
