@@ -12,6 +12,7 @@ from ragfleet.fusion import FusionMethod
 from ragfleet.runtime.errors import InvalidInput
 from ragfleet_tools.eval.config import (
     DEFAULT_CONFIGS,
+    FLEET_CHUNKING,
     RetrievalConfig,
     SearchMode,
     load_configs,
@@ -50,7 +51,7 @@ def test_toml_file(tmp_path: Path) -> None:
     path.write_text(TOML)
     bm25, hybrid = load_configs(path)
     assert bm25 == RetrievalConfig("bm25", mode=SearchMode.LEXICAL)
-    assert bm25.chunking.strategy is ChunkingStrategy.NONE and bm25.reranker == "none"
+    assert bm25.chunking == FLEET_CHUNKING and bm25.reranker == "none"
     assert hybrid.mode is SearchMode.HYBRID and hybrid.fusion is FusionMethod.RRF
     assert (hybrid.rrf_k, hybrid.candidate_k, hybrid.reranker, hybrid.rerank_k) == (
         20,

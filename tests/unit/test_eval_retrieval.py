@@ -21,7 +21,7 @@ from ragfleet.domain import SearchMode
 from ragfleet.fusion import FusionMethod
 from ragfleet.runtime.errors import InvalidInput
 from ragfleet_tools.eval.beir import BeirDataset
-from ragfleet_tools.eval.config import RetrievalConfig
+from ragfleet_tools.eval.config import WHOLE_DOCUMENTS, RetrievalConfig
 from ragfleet_tools.eval.metrics import evaluate_run
 from ragfleet_tools.eval.report import markdown_table, write_report
 from ragfleet_tools.eval.retrieval import RetrievalEvaluator, model_cache_key
@@ -144,7 +144,7 @@ def test_lexical_dense_and_hybrid_are_scored_exactly(dataset: BeirDataset, tmp_p
 
 def test_indexes_are_cached_per_chunking(dataset: BeirDataset, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    config = RetrievalConfig("bm25", mode=SearchMode.LEXICAL)
+    config = RetrievalConfig("bm25", mode=SearchMode.LEXICAL, chunking=WHOLE_DOCUMENTS)
     RetrievalEvaluator(dataset, HashedBagOfWords(), cache).evaluate([config])
     encoder = HashedBagOfWords()
     evaluator = RetrievalEvaluator(dataset, encoder, cache)
@@ -203,7 +203,9 @@ def test_the_reranker_hook_reorders_the_top_documents(dataset: BeirDataset, tmp_
 
 def test_report_has_a_table_and_a_chart(dataset: BeirDataset, tmp_path: Path) -> None:
     evaluator = RetrievalEvaluator(dataset, HashedBagOfWords(), tmp_path / "cache")
-    evaluation = evaluator.evaluate([RetrievalConfig("bm25", mode=SearchMode.LEXICAL)])
+    evaluation = evaluator.evaluate(
+        [RetrievalConfig("bm25", mode=SearchMode.LEXICAL, chunking=WHOLE_DOCUMENTS)]
+    )
     evaluator.close()
     table = markdown_table(evaluation)
     assert table.splitlines()[2] == "| bm25 | lexical depth 100 | none | 0.307 | 0.250 | 0.500 |"

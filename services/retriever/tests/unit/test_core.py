@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import pytest
 
 from ragfleet.domain import MATCH_ALL, Chunk, Filter, SearchMode, SearchQuery
-from ragfleet.fusion import FusionMethod
+from ragfleet.fusion import DEFAULT_DENSE_WEIGHT, FusionMethod
 from ragfleet.runtime.errors import InvalidInput, Unavailable
 from ragfleet_retriever.core import Retriever
 from ragfleet_retriever.domain import IndexStats, ScoredId
@@ -287,7 +287,14 @@ async def test_a_backend_that_fuses_itself_serves_hybrid_search() -> None:
         ("c", 0.9, 0, 0),
         ("a", 0.1, 0, 0),
     ]
-    assert backend.hybrid_calls[0] == (3, 7, FusionMethod.RRF, 0.5, 9, Filter(source="s1"))
+    assert backend.hybrid_calls[0] == (
+        3,
+        7,
+        FusionMethod.RRF,
+        DEFAULT_DENSE_WEIGHT,
+        9,
+        Filter(source="s1"),
+    )
     assert backend.calls == []
     fused = await retriever.search(
         dataclasses.replace(query, fusion=FusionMethod.WEIGHTED, dense_weight=0.2)

@@ -6,15 +6,15 @@ A file holds a list of tables under ``config`` (TOML ``[[config]]``, YAML ``conf
     mode = "hybrid"               # lexical | dense | hybrid
     fusion = "weighted"           # rrf | weighted (hybrid only)
     rrf_k = 60                    # rrf rank constant
-    dense_weight = 0.5            # weighted fusion: weight of the dense list, in [0, 1]
+    dense_weight = 0.3            # weighted fusion: weight of the dense list, in [0, 1]
     candidate_k = 100             # candidates each side returns (chunks when chunked)
-    chunking = { strategy = "tokens", size = 128, overlap = 16 }   # or "none": whole documents
+    chunking = { strategy = "characters", size = 1000, overlap = 150 }  # or "none": whole docs
     reranker = "none"             # or a ragfleet.rerank spec, e.g. "cross-encoder:var/ce"
     rerank_k = 20                 # how many of the best documents the reranker reorders
 
-Every key but ``name`` is optional (the values above are the defaults, except ``chunking``,
-whose default is ``"none"``). Unknown keys and bad values raise ``InvalidInput`` naming
-``config[<index>].<key>``.
+Every key but ``name`` is optional; the values above are the defaults, the fleet's own (the
+chunking is what ``ragfleet ingest`` and the gateway's ingest use). Unknown keys and bad values
+raise ``InvalidInput`` naming ``config[<index>].<key>``.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ NO_RERANKER = "none"
 MAX_CANDIDATE_K = 1000
 MAX_RERANK_K = 1000
 WHOLE_DOCUMENTS = ChunkingConfig(ChunkingStrategy.NONE)
+FLEET_CHUNKING = ChunkingConfig()
+"""How the fleet cuts documents when it ingests them."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class RetrievalConfig:
     rrf_k: int = DEFAULT_RRF_K
     dense_weight: float = DEFAULT_DENSE_WEIGHT
     candidate_k: int = 100
-    chunking: ChunkingConfig = field(default=WHOLE_DOCUMENTS)
+    chunking: ChunkingConfig = field(default=FLEET_CHUNKING)
     reranker: str = NO_RERANKER
     rerank_k: int = 20
 
@@ -95,7 +97,8 @@ DEFAULT_CONFIGS: tuple[RetrievalConfig, ...] = (
     RetrievalConfig("hybrid-rrf", fusion=FusionMethod.RRF),
     RetrievalConfig("hybrid-weighted", fusion=FusionMethod.WEIGHTED),
 )
-"""The built-in set: the fleet's defaults (weighted fusion at 0.5) next to each single side."""
+"""The built-in set: the fleet's defaults (weighted fusion, its chunking) next to each single
+side."""
 
 _KEYS = {f.name for f in fields(RetrievalConfig)}
 
