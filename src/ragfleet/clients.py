@@ -65,20 +65,36 @@ def _is_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, grpc.aio.AioRpcError) and exc.code() is grpc.StatusCode.UNAVAILABLE
 
 
+def credential_metadata(credential: str | None) -> Metadata:
+    """The metadata that carries a bearer credential (none without one)."""
+    return () if not credential else (("authorization", f"Bearer {credential}"),)
+
+
 class _Client:
-    """What the clients share: a name for errors and the bounded retry of unary calls."""
+    """What the clients share: a name for errors, the service credential every call carries
+    (``credential``: the fleet's service credential, or None when the services need none),
+    and the bounded retry of unary calls."""
 
     service_name: str = ""
 
-    def __init__(self, channel: grpc.aio.Channel, address: str, attempts: int) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        address: str,
+        attempts: int,
+        credential: str | None = None,
+    ) -> None:
         self._channel = channel
         self.label = f"{type(self).__name__.removesuffix('Client').lower()} at {address}"
         self._attempts = attempts
+        self._credential = credential_metadata(credential)
 
     @classmethod
-    def connect(cls, address: str, attempts: int = DEFAULT_ATTEMPTS) -> Self:
+    def connect(
+        cls, address: str, attempts: int = DEFAULT_ATTEMPTS, credential: str | None = None
+    ) -> Self:
         """A client on a channel of its own (no I/O until the first call); ``close`` it."""
-        return cls(insecure_channel(address), address, attempts)
+        return cls(insecure_channel(address), address, attempts, credential)
 
     async def close(self) -> None:
         await self._channel.close()
@@ -94,7 +110,7 @@ class _Client:
         (a method of ``service_name``), retried on UNAVAILABLE within ``deadline``."""
 
         async def attempt() -> _T:
-            return await call(deadline.timeout(stage), outgoing_metadata())
+            return await call(deadline.timeout(stage), outgoing_metadata(self._credential))
 
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._attempts),
@@ -113,7 +129,9 @@ class _Client:
         stub = health_pb2_grpc.HealthStub(self._channel)
         try:
             reply = await stub.Check(
-                health_pb2.HealthCheckRequest(service=self.service_name), timeout=timeout_s
+                health_pb2.HealthCheckRequest(service=self.service_name),
+                timeout=timeout_s,
+                metadata=self._credential,
             )
         except grpc.aio.AioRpcError as err:
             return f"{self.label}: {err.code().name}: {err.details()}"
@@ -127,9 +145,13 @@ class EmbedderClient(_Client):
     service_name = "ragfleet.embedder.v1.EmbedderService"
 
     def __init__(
-        self, channel: grpc.aio.Channel, address: str, attempts: int = DEFAULT_ATTEMPTS
+        self,
+        channel: grpc.aio.Channel,
+        address: str,
+        attempts: int = DEFAULT_ATTEMPTS,
+        credential: str | None = None,
     ) -> None:
-        super().__init__(channel, address, attempts)
+        super().__init__(channel, address, attempts, credential)
         self._stub = embedder_pb2_grpc.EmbedderServiceStub(channel)
 
     async def embed(
@@ -177,9 +199,13 @@ class RetrieverClient(_Client):
     service_name = "ragfleet.retriever.v1.RetrieverService"
 
     def __init__(
-        self, channel: grpc.aio.Channel, address: str, attempts: int = DEFAULT_ATTEMPTS
+        self,
+        channel: grpc.aio.Channel,
+        address: str,
+        attempts: int = DEFAULT_ATTEMPTS,
+        credential: str | None = None,
     ) -> None:
-        super().__init__(channel, address, attempts)
+        super().__init__(channel, address, attempts, credential)
         self._stub = retriever_pb2_grpc.RetrieverServiceStub(channel)
 
     async def search(self, search: SearchQuery, deadline: Deadline) -> SearchResult:
@@ -290,16 +316,21 @@ class GeneratorClient(_Client):
         address: str,
         application: str = "generator",
         attempts: int = DEFAULT_ATTEMPTS,
+        credential: str | None = None,
     ) -> None:
-        super().__init__(channel, address, attempts)
+        super().__init__(channel, address, attempts, credential)
         self._stub = generator_pb2_grpc.GeneratorServiceStub(channel)
-        self._metadata = (("application", application),)
+        self._metadata = (("application", application), *self._credential)
 
     @classmethod
     def connect(
-        cls, address: str, attempts: int = DEFAULT_ATTEMPTS, application: str = "generator"
+        cls,
+        address: str,
+        attempts: int = DEFAULT_ATTEMPTS,
+        credential: str | None = None,
+        application: str = "generator",
     ) -> GeneratorClient:
-        return cls(insecure_channel(address), address, application, attempts)
+        return cls(insecure_channel(address), address, application, attempts, credential)
 
     async def generate(
         self, params: GenerationParams, deadline: Deadline, reserve_s: float = 0.0

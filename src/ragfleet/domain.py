@@ -91,20 +91,22 @@ class Filter:
 
     ``tenant`` and ``source`` must equal the chunk's; every ``equals`` pair must be in the
     chunk's metadata. ``equals`` keys are metadata keys (``METADATA_KEY_PATTERN``); there is
-    no other field to filter on.
+    no other field to filter on. With ``exact_tenant`` an empty ``tenant`` matches only chunks
+    without a tenant (a source's chunks are deleted in exactly one tenant).
     """
 
     tenant: str = ""
     source: str = ""
     equals: Mapping[str, str] = field(default_factory=dict)
+    exact_tenant: bool = False
 
     @property
     def is_empty(self) -> bool:
-        return not (self.tenant or self.source or self.equals)
+        return not (self.tenant or self.exact_tenant or self.source or self.equals)
 
     def matches(self, tenant: str, source: str, metadata: Mapping[str, str]) -> bool:
         return (
-            (not self.tenant or tenant == self.tenant)
+            ((not self.tenant and not self.exact_tenant) or tenant == self.tenant)
             and (not self.source or source == self.source)
             and all(metadata.get(key) == value for key, value in self.equals.items())
         )

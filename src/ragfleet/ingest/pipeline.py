@@ -80,6 +80,7 @@ def _service_spec(config: IngestConfig) -> EmbedderSpec:
     return EmbedderSpec(
         dimension=config.dimension,
         address=config.embedder_address,
+        credential=config.service_credential,
         batch_size=config.embed_batch_size,
     )
 
@@ -101,6 +102,8 @@ class IngestConfig:
     kind: SourceKind = SourceKind.AUTO
     retriever_address: str = "127.0.0.1:50052"
     embedder_address: str = "127.0.0.1:50051"
+    service_credential: str | None = field(default=None, repr=False)
+    """The fleet's service credential, sent to the embedder and the retriever."""
     embedding: EmbeddingBackend = EmbeddingBackend.SERVICE
     model_path: str = ""
     dimension: int = 384
@@ -131,11 +134,11 @@ class RetrieverWriter:
     """Blocking Upsert/Delete/GetStats through ``ragfleet.clients.RetrieverClient`` (retried on
     UNAVAILABLE, errors mapped), each call bounded by ``timeout_s``."""
 
-    def __init__(self, address: str, timeout_s: float) -> None:
+    def __init__(self, address: str, timeout_s: float, credential: str | None = None) -> None:
         self.address = address
         self._runner = Blocking()
         self._client: RetrieverClient = self._runner.connect(
-            lambda: RetrieverClient.connect(address, attempts=_RETRY_ATTEMPTS)
+            lambda: RetrieverClient.connect(address, _RETRY_ATTEMPTS, credential)
         )
         self._timeout_s = timeout_s
 
@@ -333,7 +336,9 @@ def run_ingest(
     summary.documents = len(found.items) + len(found.errors)
     for where, reason in found.errors:
         summary.count(Outcome.FAILED, where, reason)
-    writer = RetrieverWriter(config.retriever_address, config.rpc_timeout_s)
+    writer = RetrieverWriter(
+        config.retriever_address, config.rpc_timeout_s, config.service_credential
+    )
     try:
         with Manifest(manifest_path) as manifest:
             if writer.chunk_count() == 0:

@@ -11,7 +11,7 @@ import functools
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -197,6 +197,7 @@ class EmbedderSpec:
     dimension: int = 384
     model_path: str = ""
     address: str = ""
+    credential: str | None = field(default=None, repr=False)
     batch_size: int = 64
     threads: int = 1
     timeout_s: float = 120.0
@@ -218,7 +219,9 @@ class PassageEmbedder:
             self._model = SentenceTransformer(spec.model_path, device="cpu", local_files_only=True)
         else:
             self._runner = Blocking()
-            self._client = self._runner.connect(lambda: EmbedderClient.connect(spec.address))
+            self._client = self._runner.connect(
+                lambda: EmbedderClient.connect(spec.address, credential=spec.credential)
+            )
 
     def _encode_local(self, texts: list[str]) -> NDArray[np.float32]:
         assert self._model is not None

@@ -27,6 +27,20 @@ class InvalidInput(RagfleetError):
     http_status = 400
 
 
+class Unauthenticated(RagfleetError):
+    """No credential, or one nobody issued (an unknown, revoked or malformed key)."""
+
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+    http_status = 401
+
+
+class PermissionDenied(RagfleetError):
+    """A valid credential that may not do this: a role it lacks, or another tenant."""
+
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+    http_status = 403
+
+
 class NotFound(RagfleetError):
     grpc_code = grpc.StatusCode.NOT_FOUND
     http_status = 404

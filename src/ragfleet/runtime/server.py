@@ -1,17 +1,19 @@
 """Server factory shared by the grpc.aio services.
 
 ``create_server`` builds an unstarted server with health, reflection, the telemetry interceptor
-(spans, request and latency metrics) and the error/readiness interceptor. ``run_service`` starts
-it, loads the service's models or indexes, flips health to SERVING, and on SIGTERM or SIGINT
-flips to NOT_SERVING, drains for the grace period and stops.
+(spans, request and latency metrics), the authentication interceptor (the service credential,
+when one is configured; the gateway's API keys) and the error/readiness interceptor.
+``run_service`` starts it, loads the service's models or indexes, flips health to SERVING, and
+on SIGTERM or SIGINT flips to NOT_SERVING, drains for the grace period and stops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import hmac
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.trace import SpanKind
 
 from ragfleet.runtime.channels import REQUEST_DEADLINE, Deadline
-from ragfleet.runtime.errors import RagfleetError
+from ragfleet.runtime.errors import RagfleetError, Unauthenticated
 from ragfleet.runtime.logging import get_logger
 from ragfleet.runtime.settings import ServiceSettings
 from ragfleet.runtime.telemetry import (
@@ -140,6 +142,76 @@ class ErrorInterceptor(_ServiceInterceptor):
                 raise
             except Exception as exc:
                 await fail(context, exc)
+
+        return _wrap_handler(handler, unary_unary, unary_stream)
+
+
+def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
+    """The token of the call's ``authorization: Bearer <token>`` metadata; None without one."""
+    for key, value in metadata or ():
+        if key == "authorization" and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    return None
+
+
+Authenticate = Callable[[str, Iterable[tuple[str, Any]]], None]
+"""Checks a call's credentials, given its method and metadata: returns when it may proceed,
+raises ``Unauthenticated`` or ``PermissionDenied`` when not."""
+
+
+def service_credential_check(credential: str) -> Authenticate:
+    """Lets through only calls that carry ``credential`` as their bearer token (compared in
+    constant time)."""
+    expected = credential.encode()
+
+    def authenticate(method: str, metadata: Iterable[tuple[str, Any]]) -> None:
+        token = bearer_token(metadata)
+        if token is None:
+            raise Unauthenticated(
+                f"{method}: this service needs the fleet's service credential "
+                "(metadata authorization: Bearer <credential>)"
+            )
+        if not hmac.compare_digest(token.encode(), expected):
+            raise Unauthenticated(f"{method}: the service credential is not this fleet's")
+
+    return authenticate
+
+
+class AuthInterceptor(_ServiceInterceptor):
+    """Runs ``authenticate`` before each call of the services' own methods (health and
+    reflection stay open) and ends the call with its error's status code when it refuses.
+    Whatever ``authenticate`` sets in context variables is seen by the handler (same task)."""
+
+    def __init__(self, authenticate: Authenticate) -> None:
+        super().__init__()
+        self._authenticate = authenticate
+
+    def wrap(
+        self, handler: grpc.RpcMethodHandler[Any, Any], method: str
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        authenticate = self._authenticate
+
+        async def check(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            try:
+                authenticate(method, context.invocation_metadata() or ())
+            except RagfleetError as exc:
+                log.info("rpc_refused", method=method, code=exc.grpc_code.name)
+                await context.abort(exc.grpc_code, exc.message)
+
+        async def unary_unary(
+            inner: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> Any:
+            await check(context)
+            return await inner(request, context)
+
+        async def unary_stream(
+            inner: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            await check(context)
+            async for response in inner(request, context):
+                yield response
 
         return _wrap_handler(handler, unary_unary, unary_stream)
 
@@ -266,12 +338,18 @@ def create_server(
     settings: ServiceSettings,
     servicers: Sequence[Servicer],
     options: Sequence[tuple[str, Any]] = (),
+    authenticate: Authenticate | None = None,
 ) -> GrpcService:
     """Builds an unstarted server bound to ``settings.bind_address`` (port 0 picks a free port),
-    with its metrics on ``settings.metrics_port`` (0: none)."""
+    with its metrics on ``settings.metrics_port`` (0: none). Calls are checked by
+    ``authenticate`` (the gateway's API keys); without it, by the service credential when
+    ``settings`` has one, and otherwise not at all."""
     readiness = _Readiness()
+    if authenticate is None and (credential := settings.credential()) is not None:
+        authenticate = service_credential_check(credential)
+    auth = [] if authenticate is None else [AuthInterceptor(authenticate)]
     server = grpc.aio.server(
-        interceptors=[TelemetryInterceptor(), ErrorInterceptor(readiness)],
+        interceptors=[TelemetryInterceptor(), *auth, ErrorInterceptor(readiness)],
         options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),

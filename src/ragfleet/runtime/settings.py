@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import difflib
 import os
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -26,6 +27,17 @@ class ServiceSettings(BaseSettings):
     metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Prometheus /metrics HTTP port; 0 turns it off"
     )
+    service_credential: SecretStr | None = Field(
+        default=None,
+        description="the fleet's shared service credential: internal services accept only "
+        "calls that carry it (metadata authorization: Bearer ...), and every client sends it; "
+        "unset: internal services accept any caller (bind them to loopback)",
+    )
+    service_credential_file: Path | None = Field(
+        default=None,
+        description="a file holding the service credential (a mounted Secret); wins over "
+        "service_credential",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -43,6 +55,21 @@ class ServiceSettings(BaseSettings):
                 hint = f"; did you mean {prefix}{close[0]}?" if close else ""
                 raise ValueError(f"{variable} is not a setting{hint}")
         return data
+
+    def credential(self) -> str | None:
+        """The service credential (the file's content, stripped, when a file is set); None
+        when none is configured. Raises ``ValueError`` for an empty one."""
+        if self.service_credential_file is not None:
+            value = self.service_credential_file.read_text(encoding="utf-8").strip()
+            where = str(self.service_credential_file)
+        elif self.service_credential is not None:
+            value = self.service_credential.get_secret_value().strip()
+            where = "service_credential"
+        else:
+            return None
+        if not value:
+            raise ValueError(f"the service credential in {where} is empty")
+        return value
 
     @property
     def telemetry_name(self) -> str:

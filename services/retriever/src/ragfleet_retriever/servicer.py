@@ -24,7 +24,14 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def filter_from_proto(filter: common_pb2.Filter, source: str = "") -> Filter:
-    return Filter(tenant=filter.tenant, source=source, equals=dict(filter.equals))
+    """A search or delete filter; with a ``source`` (a delete of a source's chunks) the tenant
+    is exact, so an empty tenant never deletes other tenants' copies of the source."""
+    return Filter(
+        tenant=filter.tenant,
+        source=source,
+        equals=dict(filter.equals),
+        exact_tenant=bool(source),
+    )
 
 
 class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):

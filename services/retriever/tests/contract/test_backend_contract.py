@@ -225,6 +225,12 @@ def test_a_chunk_without_a_vector_is_found_by_lexical_search_only(backend: Index
     [
         ({"ids": ["c0", "missing"]}, {"c1", "c2", "c3", "t4"}),
         ({"filter": Filter(source="ops.md")}, {"c1", "c3", "t4"}),
+        (
+            {"filter": Filter(tenant="acme", source="ops.md", exact_tenant=True)},
+            {"c1", "c2", "c3", "t4"},
+        ),
+        # An exact empty tenant is the chunks without a tenant: none here, so nothing goes.
+        ({"filter": Filter(source="ops.md", exact_tenant=True)}, {"c0", "c1", "c2", "c3", "t4"}),
         ({"filter": Filter(tenant="globex")}, {"c0", "c1", "t4"}),
         ({"filter": Filter(equals={"lang": "en"})}, {"c2", "t4"}),
         ({"ids": ["c0", "c2"], "filter": Filter(tenant="acme")}, {"c1", "c2", "c3", "t4"}),

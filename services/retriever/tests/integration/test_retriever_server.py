@@ -13,7 +13,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ragfleet.common.v1 import common_pb2
 from ragfleet.retriever.v1 import retriever_pb2, retriever_pb2_grpc
-from ragfleet.runtime.channels import insecure_channel
+from ragfleet.clients import RetrieverClient
+from ragfleet.runtime.channels import Deadline, insecure_channel
 from ragfleet.runtime.server import GrpcService
 from ragfleet_retriever.core import Retriever
 from ragfleet_retriever.server import build_core, build_server
@@ -269,3 +270,69 @@ async def test_restart_on_the_same_dir_keeps_the_data(tmp_path: Path) -> None:
         assert dense.hits[0].chunk.id == "ret-1"
         assert "gen-1" not in {h.chunk.id for h in dense.hits}
     await stop(service, core)
+
+
+async def test_deleting_a_source_with_an_empty_tenant_spares_every_tenant(tmp_path: Path) -> None:
+    """A source deleted without a tenant loses only its chunks that have no tenant: an empty
+    tenant is never "every tenant" when deleting."""
+    service, core = await start(tmp_path)
+    try:
+        async with insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            stub = retriever_pb2_grpc.RetrieverServiceStub(channel)
+            copies = [
+                common_pb2.Chunk(
+                    id=f"{tenant or 'none'}-1", text="shared", source="s.md", tenant=tenant
+                )
+                for tenant in ("", "acme", "globex")
+            ]
+            await stub.Upsert(retriever_pb2.UpsertRequest(chunks=copies))
+            deleted = await stub.Delete(retriever_pb2.DeleteRequest(source="s.md"))
+            assert deleted.deleted == 1
+            deleted = await stub.Delete(
+                retriever_pb2.DeleteRequest(source="s.md", filter=common_pb2.Filter(tenant="acme"))
+            )
+            assert deleted.deleted == 1
+            stats = await stub.GetStats(retriever_pb2.GetStatsRequest())
+            assert stats.chunks == 1
+            hits = await stub.Search(
+                retriever_pb2.SearchRequest(
+                    query="shared", mode=common_pb2.SEARCH_MODE_LEXICAL, top_k=5
+                )
+            )
+            assert [h.chunk.id for h in hits.hits] == ["globex-1"]
+    finally:
+        await stop(service, core)
+
+
+async def test_a_service_credential_is_required_once_configured(tmp_path: Path) -> None:
+    settings = RetrieverSettings(
+        port=0,
+        data_dir=tmp_path,
+        dimension=DIM,
+        grace_period_s=0,
+        service_credential="s3cret-credential",
+    )
+    core = build_core(settings)
+    service = build_server(settings, core)
+    await service.start()
+    await core.load()
+    await service.mark_ready()
+    try:
+        async with insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            stub = retriever_pb2_grpc.RetrieverServiceStub(channel)
+            for metadata in ((), (("authorization", "Bearer wrong"),)):
+                with pytest.raises(grpc.aio.AioRpcError) as raised:
+                    await stub.GetStats(retriever_pb2.GetStatsRequest(), metadata=metadata)
+                assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            health = health_pb2_grpc.HealthStub(channel)
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=""))
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        client = RetrieverClient.connect(
+            f"127.0.0.1:{service.port}", credential="s3cret-credential"
+        )
+        try:
+            assert (await client.stats(Deadline.after(5))).chunks == 0
+        finally:
+            await client.close()
+    finally:
+        await stop(service, core)

@@ -74,7 +74,7 @@ def digest(chunk: Chunk) -> bytes:
 def _filter_sql(filter: Filter) -> tuple[str, list[str]]:
     clauses: list[str] = []
     params: list[str] = []
-    if filter.tenant:
+    if filter.tenant or filter.exact_tenant:
         clauses.append("tenant = ?")
         params.append(filter.tenant)
     if filter.source:

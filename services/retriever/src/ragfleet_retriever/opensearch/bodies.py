@@ -299,8 +299,11 @@ def filter_clauses(filter: Filter) -> list[JsonObject]:
     """Exact-match ``term`` clauses for a filter; empty for a filter that matches everything."""
     clauses: list[JsonObject] = [
         {"term": {name: value}}
-        for name, value in (("tenant", filter.tenant), ("source", filter.source))
-        if value
+        for name, value, exact in (
+            ("tenant", filter.tenant, filter.exact_tenant),
+            ("source", filter.source, False),
+        )
+        if value or exact
     ]
     clauses += [
         {"term": {METADATA_TERMS: metadata_term(key, value)}}
