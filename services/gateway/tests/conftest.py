@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -27,6 +29,7 @@ from ragfleet.gateway.v1 import gateway_pb2_grpc
 from ragfleet.generator.v1 import generator_pb2, generator_pb2_grpc
 from ragfleet.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from ragfleet.runtime.channels import Deadline, insecure_channel
+from ragfleet_gateway.auth import Role, add_key, new_key
 from ragfleet_gateway.fakes import FakeGenerator, FakeRetriever, fake_vector
 from ragfleet_gateway.settings import GatewaySettings
 from ragfleet_gateway.wiring import build_gateway
@@ -193,27 +196,39 @@ class Gateway:
     grpc_address: str
     rest: httpx.AsyncClient
     stub: gateway_pb2_grpc.GatewayServiceAsyncStub
+    key: str
+    """An admin key of tenant "default", sent by ``rest`` and ``stub``."""
 
 
 async def start_gateway(addresses: dict[str, str], **overrides: Any) -> AsyncIterator[Gateway]:
-    settings = GatewaySettings(
-        port=0,
-        rest_port=0,
-        embedder_address=addresses["embedder"],
-        retriever_address=addresses["retriever"],
-        generator_address=addresses["generator"],
-        grace_period_s=0,
-        **overrides,
-    )
-    gateway = build_gateway(settings)
-    await gateway.start()
-    address = f"127.0.0.1:{gateway.grpc.port}"
-    async with (
-        insecure_channel(address) as channel,
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.rest.port}", timeout=10) as client,
-    ):
-        yield Gateway(settings, address, client, gateway_pb2_grpc.GatewayServiceStub(channel))
-    await gateway.stop()
+    with tempfile.TemporaryDirectory() as keys_dir:
+        keys_file = Path(keys_dir) / "keys.json"
+        key, entry = new_key("default", frozenset({Role.ADMIN}))
+        add_key(keys_file, entry)
+        settings = GatewaySettings(
+            port=0,
+            rest_port=0,
+            embedder_address=addresses["embedder"],
+            retriever_address=addresses["retriever"],
+            generator_address=addresses["generator"],
+            grace_period_s=0,
+            api_keys_file=keys_file,
+            **overrides,
+        )
+        gateway = build_gateway(settings)
+        await gateway.start()
+        address = f"127.0.0.1:{gateway.grpc.port}"
+        async with (
+            insecure_channel(address, key) as channel,
+            httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{gateway.rest.port}",
+                timeout=10,
+                headers={"Authorization": f"Bearer {key}"},
+            ) as client,
+        ):
+            stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+            yield Gateway(settings, address, client, stub, key)
+        await gateway.stop()
 
 
 @pytest.fixture(scope="module")

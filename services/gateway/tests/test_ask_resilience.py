@@ -13,6 +13,7 @@ import pytest
 from ragfleet.domain import InputType, TokenEvent
 from ragfleet.runtime.channels import Deadline
 from ragfleet.runtime.errors import NotFound, Unavailable
+from ragfleet_gateway.auth import Authenticator
 from ragfleet_gateway.domain import (
     AnswerEvent,
     AskEvent,
@@ -159,7 +160,7 @@ async def test_rest_streams_a_restart_event_and_reports_unknown_models_as_404() 
     async def healthy() -> dict[str, str | None]:
         return {}
 
-    app = create_app(pipeline, healthy)
+    app = create_app(pipeline, healthy, authenticator=Authenticator(None))
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://gateway"
     ) as client:

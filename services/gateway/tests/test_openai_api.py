@@ -42,12 +42,12 @@ def base_url(gateway: Gateway) -> str:
 
 @pytest.fixture(scope="module")
 def client(gateway: Gateway) -> openai.OpenAI:
-    return openai.OpenAI(base_url=base_url(gateway), api_key="unused", max_retries=0)
+    return openai.OpenAI(base_url=base_url(gateway), api_key=gateway.key, max_retries=0)
 
 
 @pytest.fixture(scope="module")
 def async_client(gateway: Gateway) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=base_url(gateway), api_key="unused", max_retries=0)
+    return openai.AsyncOpenAI(base_url=base_url(gateway), api_key=gateway.key, max_retries=0)
 
 
 async def test_models_are_the_fallback_chain(async_client: openai.AsyncOpenAI) -> None:
@@ -243,7 +243,7 @@ async def test_text_no_service_can_carry_is_400(gateway: Gateway, raw: str) -> N
 
 async def test_the_default_chain_lists_one_model(fake_fleet: FakeFleet) -> None:
     async for gw in start_gateway(fake_fleet.addresses):
-        client = openai.AsyncOpenAI(base_url=base_url(gw), api_key="unused", max_retries=0)
+        client = openai.AsyncOpenAI(base_url=base_url(gw), api_key=gw.key, max_retries=0)
         assert [m.id for m in (await client.models.list()).data] == ["ragfleet"]
         with pytest.raises(openai.NotFoundError):
             await client.chat.completions.create(model="small", messages=[QUESTION])
@@ -315,7 +315,7 @@ async def test_a_model_failing_mid_stream_sends_restart_chunks(fake_fleet: FakeF
     core = fake_fleet.generator.core
     async for gw in start_gateway(fake_fleet.addresses, models=["small", "big"]):
         await gw.stub.Ingest(gateway_pb2.IngestRequest(documents=DOCUMENTS), timeout=10)
-        client = openai.AsyncOpenAI(base_url=base_url(gw), api_key="unused", max_retries=0)
+        client = openai.AsyncOpenAI(base_url=base_url(gw), api_key=gw.key, max_retries=0)
         core.error, core.fail_after = Unavailable("engine died"), 1
         try:
             stream = await client.chat.completions.create(

@@ -12,6 +12,7 @@ import pytest
 from ragfleet.gateway.v1 import gateway_pb2
 from ragfleet.runtime.channels import Deadline
 from ragfleet.runtime.errors import InvalidInput, RagfleetError, Unavailable
+from ragfleet_gateway.auth import OPEN
 from ragfleet_gateway.domain import Document, RetrievalRequest
 from ragfleet_gateway.fakes import FakeEmbedder, FakeGenerator, FakeRetriever
 from ragfleet_gateway.pipeline import RagPipeline
@@ -163,9 +164,9 @@ def test_a_default_depth_above_its_limit_is_refused() -> None:
 
 
 def test_grpc_and_rest_options_carry_rerank_unset_or_set() -> None:
-    unset = retrieval_request(gateway_pb2.RetrievalOptions())
+    unset = retrieval_request(gateway_pb2.RetrievalOptions(), OPEN)
     assert (unset.rerank, unset.rerank_depth) == (None, None)
-    chosen = retrieval_request(gateway_pb2.RetrievalOptions(rerank=False, rerank_depth=7))
+    chosen = retrieval_request(gateway_pb2.RetrievalOptions(rerank=False, rerank_depth=7), OPEN)
     assert (chosen.rerank, chosen.rerank_depth) == (False, 7)
-    rest = RestRetrievalOptions(rerank=True, rerank_depth=30).to_domain()
+    rest = RestRetrievalOptions(rerank=True, rerank_depth=30).to_domain(OPEN)
     assert (rest.rerank, rest.rerank_depth) == (True, 30)

@@ -5,8 +5,10 @@ systems that are not gRPC (OpenSearch)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -21,8 +23,47 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
 ]
 
 
-def insecure_channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+class _BearerToken:
+    """Adds ``authorization: Bearer <token>`` to every call (a gateway API key)."""
+
+    def __init__(self, token: str) -> None:
+        self._entry = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()))
+        metadata.add(*self._entry)
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+
+# A channel files each interceptor under the first call kind it implements: one class per kind.
+class _UnaryUnaryBearer(_BearerToken, grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        return await continuation(self._with_token(client_call_details), request)
+
+
+class _UnaryStreamBearer(_BearerToken, grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        return await continuation(self._with_token(client_call_details), request)
+
+
+def insecure_channel(address: str, token: str | None = None) -> grpc.aio.Channel:
+    """A channel to ``address``; with ``token`` every call carries it as a bearer token."""
+    interceptors: list[grpc.aio.ClientInterceptor] | None = None
+    if token:
+        interceptors = [_UnaryUnaryBearer(token), _UnaryStreamBearer(token)]
+    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS, interceptors=interceptors)
 
 
 @dataclass

@@ -74,6 +74,7 @@ def pipeline_runner(settings: GatewaySettings) -> Runner:
             sync=request.sync,
             retriever_address=settings.retriever_address,
             embedder_address=settings.embedder_address,
+            service_credential=settings.credential(),
             embedding=EmbeddingBackend(settings.ingest_embedding),
             workers=settings.ingest_workers,
         )

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute, APIRouter
@@ -30,9 +30,10 @@ from fastapi.sse import EventSourceResponse
 
 from ragfleet.domain import ChatMessage, TokenEvent
 from ragfleet.runtime.channels import Deadline
-from ragfleet.runtime.errors import InvalidInput, NotFound, RagfleetError
+from ragfleet.runtime.errors import InvalidInput, NotFound, RagfleetError, Unauthenticated
 from ragfleet_gateway import domain, sse
 from ragfleet_gateway.answering import collect
+from ragfleet_gateway.auth import Authenticator, Principal, Role, rest_authorization
 from ragfleet_gateway.openai_schemas import (
     ChatCompletionBody,
     ChatCompletionChunkOut,
@@ -62,6 +63,8 @@ _CORE_FIELDS = {"question": "messages", "history": "messages"}
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": OpenAIErrorOut, "description": "invalid request; param names the field"},
+    401: {"model": OpenAIErrorOut, "description": "no API key, or one that is not valid"},
+    403: {"model": OpenAIErrorOut, "description": "the key lacks the role or the tenant"},
     404: {"model": OpenAIErrorOut, "description": "unknown model; the message lists the models"},
     503: {"model": OpenAIErrorOut, "description": "an upstream is unavailable"},
     504: {"model": OpenAIErrorOut, "description": "the deadline ran out"},
@@ -69,7 +72,17 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def error_body(exc: RagfleetError) -> dict[str, Any]:
-    """``exc`` in OpenAI's error shape; ``param`` is the field the message starts with."""
+    """``exc`` in OpenAI's error shape; ``param`` is the field the message starts with (none
+    for a missing or invalid key, whose code is OpenAI's ``invalid_api_key``)."""
+    if isinstance(exc, Unauthenticated):
+        return {
+            "error": {
+                "message": exc.message,
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "invalid_api_key",
+            }
+        }
     match = _FIELD.match(exc.message)
     param = match.group(1) if match else None
     if param is not None:
@@ -183,16 +196,18 @@ def _check_supported(body: ChatCompletionBody) -> None:
             raise InvalidInput(f"{field}: {why}")
 
 
-def ask_request(body: ChatCompletionBody, settings: GatewaySettings) -> domain.AskRequest:
-    """The ask a chat completion request stands for (validated here as far as OpenAI's fields
-    go; the core validates the rest)."""
+def ask_request(
+    body: ChatCompletionBody, settings: GatewaySettings, principal: Principal
+) -> domain.AskRequest:
+    """The ask a chat completion request stands for, in the tenant ``principal`` allows
+    (validated here as far as OpenAI's fields go; the core validates the rest)."""
     _check_supported(body)
     model = chain_model(body.model, settings)
     question, history = conversation(body.messages, settings)
     max_tokens = body.max_completion_tokens
     return domain.AskRequest(
         question=question,
-        retrieval=body.retrieval.to_domain(),
+        retrieval=body.retrieval.to_domain(principal),
         model=model,
         max_tokens=body.max_tokens if max_tokens is None else max_tokens,
         temperature=body.temperature,
@@ -287,14 +302,21 @@ async def _chunks(
         await events.aclose()
 
 
-def add_openai_routes(app: FastAPI, pipeline: RagPipeline) -> None:
-    """``POST /v1/chat/completions`` (under ``request_timeout_s``) and ``GET /v1/models``."""
+def add_openai_routes(app: FastAPI, pipeline: RagPipeline, auth: Authenticator) -> None:
+    """``POST /v1/chat/completions`` (under ``request_timeout_s``) and ``GET /v1/models``; the
+    query role (the openai client sends its ``api_key`` as the bearer key)."""
     settings = pipeline.settings
+    lister = Depends(rest_authorization(auth, Role.QUERY, "GET /v1/models"))
+    chatter = Depends(rest_authorization(auth, Role.QUERY, "POST /v1/chat/completions"))
     created = int(time.time())
     router = APIRouter(route_class=_OpenAIRoute, tags=["OpenAI-compatible"])
 
-    @router.get("/v1/models", response_model=ModelsOut)
-    async def models() -> ModelsOut:
+    @router.get(
+        "/v1/models",
+        response_model=ModelsOut,
+        responses={code: _ERRORS[code] for code in (401, 403)},
+    )
+    async def models(_: Principal = lister) -> ModelsOut:
         return ModelsOut(data=[ModelOut(id=m, created=created) for m in model_ids(settings)])
 
     @router.post(
@@ -309,8 +331,8 @@ def add_openai_routes(app: FastAPI, pipeline: RagPipeline) -> None:
             },
         },
     )
-    async def chat_completions(body: ChatCompletionBody) -> Any:
-        request = ask_request(body, settings)
+    async def chat_completions(body: ChatCompletionBody, principal: Principal = chatter) -> Any:
+        request = ask_request(body, settings, principal)
         id_ = f"chatcmpl-{uuid.uuid4().hex}"
         events = pipeline.ask(request, Deadline.after(settings.request_timeout_s))
         if not body.stream:

@@ -1,7 +1,7 @@
 """The REST bridge's JSON schemas (pydantic) and their conversions to and from the gateway's
-domain types: request bodies turn into domain requests (``to_domain``), domain results into
-response bodies (``of``). The class names are the OpenAPI component names; the routes that use
-them are in ``ragfleet_gateway.rest``.
+domain types: request bodies turn into domain requests (``to_domain``, in the tenant the
+caller's key allows), domain results into response bodies (``of``). The class names are the
+OpenAPI component names; the routes that use them are in ``ragfleet_gateway.rest``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ragfleet.domain import ChatMessage, Hit
 from ragfleet_gateway import domain
+from ragfleet_gateway.auth import Principal
 from ragfleet_gateway.ingest_jobs import IngestJob, JobRequest
 
 
@@ -28,7 +29,7 @@ class RetrievalOptions(_Body):
     fusion: str | None = Field(default=None, description="rrf or weighted")
     rrf_k: int | None = Field(default=None, description="RRF rank constant, >= 1")
     dense_weight: float | None = Field(default=None, description="weighted fusion, in [0, 1]")
-    tenant: str = ""
+    tenant: str = Field(default="", description="empty: the API key's tenant")
     filter: dict[str, str] = Field(default_factory=dict, description="metadata equality filter")
     rerank: bool | None = Field(
         default=None, description="rescore fused candidates with the reranker (default: off)"
@@ -37,14 +38,14 @@ class RetrievalOptions(_Body):
         default=None, description="candidates rescored, 1..max_rerank_depth (default 20)"
     )
 
-    def to_domain(self) -> domain.RetrievalRequest:
+    def to_domain(self, principal: Principal) -> domain.RetrievalRequest:
         return domain.RetrievalRequest(
             top_k=self.top_k,
             mode=self.mode,
             fusion=self.fusion,
             rrf_k=self.rrf_k,
             dense_weight=self.dense_weight,
-            tenant=self.tenant,
+            tenant=principal.tenant_for(self.tenant, "retrieval.tenant"),
             equals=self.filter,
             rerank=self.rerank,
             rerank_depth=self.rerank_depth,
@@ -75,11 +76,11 @@ class AskBody(_Body):
     temperature: float | None = None
     stream: bool = Field(default=False, description="answer as Server-Sent Events")
 
-    def to_domain(self) -> domain.AskRequest:
+    def to_domain(self, principal: Principal) -> domain.AskRequest:
         """The request without ``stream``: streaming is how the answer is sent, not asked."""
         return domain.AskRequest(
             question=self.question,
-            retrieval=self.retrieval.to_domain(),
+            retrieval=self.retrieval.to_domain(principal),
             model=self.model,
             max_tokens=self.max_tokens,
             temperature=self.temperature,
@@ -111,7 +112,7 @@ class DocumentBody(_Body):
 
 class IngestBody(_Body):
     documents: list[DocumentBody]
-    tenant: str = ""
+    tenant: str = Field(default="", description="empty: the API key's tenant")
 
 
 class IngestJobBody(_Body):
@@ -119,11 +120,11 @@ class IngestJobBody(_Body):
         description="http(s) URL, sitemap URL (*.xml), or a path under the gateway's "
         "ingest_allowed_roots (directory, file, JSONL/BEIR corpus, *.urls list)"
     )
-    tenant: str = ""
+    tenant: str = Field(default="", description="empty: the API key's tenant")
     sync: bool = Field(default=False, description="delete documents that vanished from source")
 
-    def to_domain(self) -> JobRequest:
-        return JobRequest(self.source, self.tenant, self.sync)
+    def to_domain(self, principal: Principal) -> JobRequest:
+        return JobRequest(self.source, principal.tenant_for(self.tenant), self.sync)
 
 
 # --- responses ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from ragfleet.gateway.v1 import gateway_pb2_grpc
 from ragfleet.runtime.server import GrpcService, Servicer, create_server
+from ragfleet_gateway.auth import Authenticator, grpc_authenticate
 from ragfleet_gateway.ingest_jobs import IngestJobs
 from ragfleet_gateway.pipeline import RagPipeline
 from ragfleet_gateway.servicer import GatewayServicer
@@ -21,10 +22,17 @@ SERVICE_NAME = "ragfleet.gateway.v1.GatewayService"
 
 
 def build_server(
-    settings: GatewaySettings, pipeline: RagPipeline, jobs: IngestJobs | None = None
+    settings: GatewaySettings,
+    pipeline: RagPipeline,
+    jobs: IngestJobs | None = None,
+    authenticator: Authenticator | None = None,
 ) -> GrpcService:
-    """An unstarted gRPC server for GatewayService (plus health and reflection); ``jobs`` is
-    shared with the REST app (default: a registry of its own)."""
+    """An unstarted gRPC server for GatewayService (plus health and reflection, which need no
+    key); ``jobs`` and ``authenticator`` are shared with the REST app (defaults: built from
+    ``settings``)."""
+    auth = authenticator or Authenticator.from_settings(
+        settings.api_keys_file, settings.auth_disabled
+    )
     return create_server(
         settings,
         [
@@ -34,6 +42,7 @@ def build_server(
                 SERVICE_NAME,
             )
         ],
+        authenticate=grpc_authenticate(auth),
     )
 
 

@@ -1,6 +1,8 @@
 """GatewayService over gRPC: converts proto <-> domain and calls ``RagPipeline``.
 
 Errors are raised as domain exceptions; the runtime's interceptor maps them to status codes.
+The caller's API key was checked (and its role for the RPC) by the authentication interceptor
+(``ragfleet_gateway.auth``); here the key decides each request's tenant.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ragfleet.domain import (
 from ragfleet.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from ragfleet.runtime.channels import Deadline
 from ragfleet.runtime.errors import InvalidInput
+from ragfleet_gateway.auth import Principal, current_principal
 from ragfleet_gateway.domain import (
     Answer,
     AnswerEvent,
@@ -47,7 +50,10 @@ def deadline_of(context: Context, cap_s: float) -> Deadline:
     return Deadline.after(cap_s if remaining is None else min(remaining, cap_s))
 
 
-def retrieval_request(options: gateway_pb2.RetrievalOptions) -> RetrievalRequest:
+def retrieval_request(
+    options: gateway_pb2.RetrievalOptions, principal: Principal
+) -> RetrievalRequest:
+    """The request's retrieval options, in the tenant its key allows."""
     mode = search_mode_from_proto(options.mode, "retrieval.mode")
     fusion = fusion_from_proto(options.fusion.method, "retrieval.fusion.method")
     return RetrievalRequest(
@@ -58,7 +64,7 @@ def retrieval_request(options: gateway_pb2.RetrievalOptions) -> RetrievalRequest
         dense_weight=(
             options.fusion.dense_weight if options.fusion.HasField("dense_weight") else None
         ),
-        tenant=options.filter.tenant,
+        tenant=principal.tenant_for(options.filter.tenant, "retrieval.filter.tenant"),
         equals=dict(options.filter.equals),
         rerank=options.rerank if options.HasField("rerank") else None,
         rerank_depth=options.rerank_depth if options.HasField("rerank_depth") else None,
@@ -159,7 +165,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> AsyncIterator[gateway_pb2.AskEvent]:
         ask = AskRequest(
             question=request.question,
-            retrieval=retrieval_request(request.retrieval),
+            retrieval=retrieval_request(request.retrieval, current_principal()),
             model=request.model,
             max_tokens=request.max_tokens if request.HasField("max_tokens") else None,
             temperature=request.temperature if request.HasField("temperature") else None,
@@ -174,7 +180,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.RetrieveResponse:
         result = await self._pipeline.retrieve(
             request.query,
-            retrieval_request(request.retrieval),
+            retrieval_request(request.retrieval, current_principal()),
             deadline_of(context, self._settings.request_timeout_s),
         )
         return gateway_pb2.RetrieveResponse(
@@ -188,11 +194,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.IngestRequest, context: Context
     ) -> gateway_pb2.IngestResponse:
         """Inline ``documents`` go through ``RagPipeline.ingest``; a ``source`` runs an
-        ingestion job (the Ray Data pipeline) and answers with its summary when it ends."""
+        ingestion job (the Ray Data pipeline) and answers with its summary when it ends. Either
+        writes only in the tenant the key allows."""
+        tenant = current_principal().tenant_for(request.tenant)
         if request.source:
             if request.documents:
                 raise InvalidInput("documents, source: give inline documents or a source, not both")
-            return await self._ingest_source(request, context)
+            return await self._ingest_source(request, tenant)
         if request.sync:
             raise InvalidInput("sync: only applies to ingestion from a source")
         documents = [
@@ -206,16 +214,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             for d in request.documents
         ]
         result = await self._pipeline.ingest(
-            documents, request.tenant, deadline_of(context, self._settings.ingest_timeout_s)
+            documents, tenant, deadline_of(context, self._settings.ingest_timeout_s)
         )
         return gateway_pb2.IngestResponse(
             documents=result.documents, chunks=result.chunks, replaced=result.replaced
         )
 
     async def _ingest_source(
-        self, request: gateway_pb2.IngestRequest, context: Context
+        self, request: gateway_pb2.IngestRequest, tenant: str
     ) -> gateway_pb2.IngestResponse:
-        job = self._jobs.start(JobRequest(request.source, request.tenant, request.sync))
+        job = self._jobs.start(JobRequest(request.source, tenant, request.sync))
         await job.done.wait()
         if job.failure is not None:
             raise job.failure

@@ -57,6 +57,18 @@ class GatewaySettings(ServiceSettings):
         default=8080, ge=0, le=65535, description="REST port; 0 picks a free port"
     )
 
+    # --- authentication --------------------------------------------------------------------
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="the API keys file (JSON or YAML; hashes only, re-read when it changes; "
+        "docs/security.md); required unless auth_disabled",
+    )
+    auth_disabled: bool = Field(
+        default=False,
+        description="serve without API keys: every caller may use every tenant; for local "
+        "experiments only, never where others can reach the ports",
+    )
+
     # --- upstreams -----------------------------------------------------------------------
     embedder_address: str = "127.0.0.1:50051"
     retriever_address: str = "127.0.0.1:50052"

@@ -31,6 +31,7 @@ class Upstreams:
     @classmethod
     def connect(cls, settings: GatewaySettings) -> Upstreams:
         attempts = settings.upstream_retry_attempts
+        credential = settings.credential()
         channels = [
             insecure_channel(a)
             for a in (
@@ -40,7 +41,11 @@ class Upstreams:
             )
         ]
         default = GeneratorClient(
-            channels[2], settings.generator_address, settings.generator_application, attempts
+            channels[2],
+            settings.generator_address,
+            settings.generator_application,
+            attempts,
+            credential,
         )
         clients = {(settings.generator_address, settings.generator_application): default}
         model_generators: dict[str, GeneratorClient] = {}
@@ -51,11 +56,13 @@ class Upstreams:
             )
             if key not in clients:
                 channels.append(insecure_channel(key[0]))
-                clients[key] = GeneratorClient(channels[-1], key[0], key[1], attempts)
+                clients[key] = GeneratorClient(channels[-1], key[0], key[1], attempts, credential)
             model_generators[link.name] = clients[key]
         return cls(
-            embedder=EmbedderClient(channels[0], settings.embedder_address, attempts),
-            retriever=RetrieverClient(channels[1], settings.retriever_address, attempts),
+            embedder=EmbedderClient(channels[0], settings.embedder_address, attempts, credential),
+            retriever=RetrieverClient(
+                channels[1], settings.retriever_address, attempts, credential
+            ),
             generator=default,
             channels=channels,
             model_generators=model_generators,

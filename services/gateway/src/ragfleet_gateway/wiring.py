@@ -10,6 +10,7 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from ragfleet.runtime.server import GrpcService
 from ragfleet.runtime.telemetry import tracing_requested
+from ragfleet_gateway.auth import Authenticator
 from ragfleet_gateway.ingest_jobs import IngestJobs
 from ragfleet_gateway.pipeline import RagPipeline
 from ragfleet_gateway.rest import create_app
@@ -56,7 +57,10 @@ class Gateway:
 
 def build_gateway(settings: GatewaySettings) -> Gateway:
     """The gateway as configured: clients for every upstream, the reranker (the embedder's
-    Rerank), the fallback chain, ingest jobs shared by gRPC and REST, and both servers."""
+    Rerank), the fallback chain, ingest jobs and API keys shared by gRPC and REST, and both
+    servers. Refuses (``ValueError``) to build a gateway without API keys unless
+    ``settings.auth_disabled`` says so."""
+    authenticator = Authenticator.from_settings(settings.api_keys_file, settings.auth_disabled)
     upstreams = Upstreams.connect(settings)
     pipeline = RagPipeline(
         settings,
@@ -67,7 +71,9 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
         reranker=upstreams.embedder,
     )
     jobs = IngestJobs.from_settings(settings)
-    app = create_app(pipeline, lambda: upstreams.health(settings.health_timeout_s), jobs)
+    app = create_app(
+        pipeline, lambda: upstreams.health(settings.health_timeout_s), jobs, authenticator
+    )
     if tracing_requested():
         # REST requests get server spans (and continue a caller's traceparent) like RPCs do.
         FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz")
@@ -76,6 +82,6 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
         upstreams=upstreams,
         pipeline=pipeline,
         jobs=jobs,
-        grpc=build_server(settings, pipeline, jobs),
+        grpc=build_server(settings, pipeline, jobs, authenticator),
         rest=build_rest_server(settings, app),
     )
