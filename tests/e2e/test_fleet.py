@@ -20,6 +20,8 @@ import httpx
 import pytest
 
 from ragfleet.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from ragfleet.retriever.v1 import retriever_pb2, retriever_pb2_grpc
+from ragfleet.runtime.channels import insecure_channel
 
 from .docs_questions import load
 
@@ -109,15 +111,47 @@ def test_ask_answers_from_the_docs_with_a_citation(fleet_env: dict[str, str]) ->
     assert "docs/configuration.md" in citations, result.stdout
 
 
+def _api_key(env: dict[str, str]) -> str:
+    """The key ``ragfleet up`` made for the CLI."""
+    return (Path(env["RAGFLEET_HOME"]) / "auth" / "cli_key").read_text().strip()
+
+
+def test_up_prints_the_key_and_the_services_demand_credentials(
+    fleet_env: dict[str, str],
+) -> None:
+    auth = Path(fleet_env["RAGFLEET_HOME"]) / "auth"
+    assert {p.name for p in auth.iterdir()} >= {"api_keys.json", "cli_key", "service_credential"}
+    assert all(p.stat().st_mode & 0o077 == 0 for p in auth.iterdir())
+    assert _api_key(fleet_env) not in (auth / "api_keys.json").read_text()
+    base = f"http://127.0.0.1:{fleet_env['RAGFLEET_GATEWAY_REST_PORT']}"
+    assert httpx.post(f"{base}/v1/retrieve", json={"query": "q"}, timeout=10).status_code == 401
+
+    async def retriever_stats() -> grpc.StatusCode:
+        address = f"127.0.0.1:{fleet_env['RAGFLEET_RETRIEVER_PORT']}"
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = retriever_pb2_grpc.RetrieverServiceStub(channel)
+            try:
+                await stub.GetStats(retriever_pb2.GetStatsRequest(), timeout=10)
+            except grpc.aio.AioRpcError as err:
+                return err.code()
+        return grpc.StatusCode.OK
+
+    assert asyncio.run(retriever_stats()) == grpc.StatusCode.UNAUTHENTICATED
+
+
 def test_rest_bridge_answers_and_rejects_bad_input(fleet_env: dict[str, str]) -> None:
     base = f"http://127.0.0.1:{fleet_env['RAGFLEET_GATEWAY_REST_PORT']}"
+    headers = {"Authorization": f"Bearer {_api_key(fleet_env)}"}
     assert httpx.get(f"{base}/healthz", timeout=10).status_code == 200
     reply = httpx.post(
-        f"{base}/v1/retrieve", json={"query": "graceful shutdown SIGTERM"}, timeout=30
+        f"{base}/v1/retrieve",
+        json={"query": "graceful shutdown SIGTERM"},
+        timeout=30,
+        headers=headers,
     )
     assert reply.status_code == 200, reply.text
     assert any(h["chunk"]["source"] == "docs/operations.md" for h in reply.json()["hits"])
-    bad = httpx.post(f"{base}/v1/ask", json={"question": "   "}, timeout=10)
+    bad = httpx.post(f"{base}/v1/ask", json={"question": "   "}, timeout=10, headers=headers)
     assert bad.status_code == 400
     assert "question" in bad.json()["error"]["message"]
 
@@ -133,7 +167,7 @@ def _ask(env: dict[str, str], question: str) -> tuple[gateway_pb2.Answer, list[s
 
     async def ask() -> tuple[gateway_pb2.Answer, list[str]]:
         address = f"127.0.0.1:{env['RAGFLEET_GATEWAY_PORT']}"
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with insecure_channel(address, _api_key(env)) as channel:
             stub = gateway_pb2_grpc.GatewayServiceStub(channel)
             texts: dict[str, str] = {}
             async for event in stub.Ask(gateway_pb2.AskRequest(question=question), timeout=120):

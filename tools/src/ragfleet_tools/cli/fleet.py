@@ -1,8 +1,9 @@
 """Local fleet management: start the four services and local Ray as background processes,
 wait for them to be healthy, and stop them again.
 
-State lives under ``home`` (default ``./var``): ``run/<name>.pid``, ``logs/<name>.log`` and the
-services' data (index, model cache).
+State lives under ``home`` (default ``./var``): ``run/<name>.pid``, ``logs/<name>.log``, the
+services' data (index, model cache) and ``auth/`` (owner-only): the gateway's API keys file, the
+CLI's own key and the fleet's service credential.
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ class FleetSettings(BaseSettings):
     generator_http_port: int = 8001
     ray_port: int = Field(default=6380, description="GCS port of the local Ray head")
     ray_num_cpus: int = Field(default=0, ge=0, description="CPUs Ray may use; 0 means all")
+    tenant: str = Field(
+        default="default", min_length=1, description="the tenant of the key `ragfleet up` makes"
+    )
+    api_key: str = Field(
+        default="", description="the key the CLI sends to the gateway; empty: the fleet's own"
+    )
     startup_timeout_s: float = 600.0
 
     def address(self, port: int) -> str:
@@ -106,6 +113,16 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
+def _write_secret(path: Path, value: str) -> None:
+    """Writes ``value`` to a new owner-only file at ``path``; an existing file is kept."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "w") as out:
+        out.write(value)
+
+
 def _bin(name: str) -> str:
     """A console script installed next to the running interpreter."""
     return str(Path(sys.executable).parent / name)
@@ -143,10 +160,61 @@ class Fleet:
                 token.write(secrets.token_hex(32))
         return path
 
+    # --- credentials ---------------------------------------------------------------------
+    @property
+    def auth_dir(self) -> Path:
+        return self.home / "auth"
+
+    @property
+    def keys_file(self) -> Path:
+        return self.auth_dir / "api_keys.json"
+
+    @property
+    def cli_key_path(self) -> Path:
+        return self.auth_dir / "cli_key"
+
+    @property
+    def service_credential_path(self) -> Path:
+        return self.auth_dir / "service_credential"
+
+    def ensure_credentials(self) -> str | None:
+        """Creates, unless they exist, the service credential and a key of ``settings.tenant``
+        (roles query and ingest) for the CLI, its hash in the gateway's keys file; all
+        owner-only. Returns the key when it was made now (to print once), else None."""
+        from ragfleet_gateway.auth import Role, add_key, new_key
+
+        self.auth_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.auth_dir, 0o700)
+        _write_secret(self.service_credential_path, secrets.token_urlsafe(32))
+        if self.cli_key_path.exists():
+            return None
+        key, entry = new_key(
+            self.settings.tenant, frozenset({Role.QUERY, Role.INGEST}), label="ragfleet up"
+        )
+        add_key(self.keys_file, entry)
+        _write_secret(self.cli_key_path, key)
+        return key
+
+    def api_key(self) -> str | None:
+        """The key the CLI sends: ``RAGFLEET_API_KEY``, else the fleet's own (None: none)."""
+        if self.settings.api_key:
+            return self.settings.api_key
+        try:
+            return self.cli_key_path.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def service_credential(self) -> str | None:
+        try:
+            return self.service_credential_path.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
     # --- what runs -----------------------------------------------------------------------
     def services(self) -> list[ServiceProcess]:
         s = self.settings
         common = {"RAGFLEET_LOG_FORMAT": "json"}
+        credential = str(self.service_credential_path)
         return [
             ServiceProcess(
                 "embedder",
@@ -156,6 +224,7 @@ class Fleet:
                     **common,
                     "RAGFLEET_EMBEDDER_HOST": s.host,
                     "RAGFLEET_EMBEDDER_PORT": str(s.embedder_port),
+                    "RAGFLEET_EMBEDDER_SERVICE_CREDENTIAL_FILE": credential,
                 },
             ),
             ServiceProcess(
@@ -167,6 +236,7 @@ class Fleet:
                     "RAGFLEET_RETRIEVER_HOST": s.host,
                     "RAGFLEET_RETRIEVER_PORT": str(s.retriever_port),
                     "RAGFLEET_RETRIEVER_DATA_DIR": str(self.home / "index"),
+                    "RAGFLEET_RETRIEVER_SERVICE_CREDENTIAL_FILE": credential,
                 },
             ),
             ServiceProcess(
@@ -178,6 +248,8 @@ class Fleet:
                     "RAGFLEET_GATEWAY_HOST": s.host,
                     "RAGFLEET_GATEWAY_PORT": str(s.gateway_port),
                     "RAGFLEET_GATEWAY_REST_PORT": str(s.gateway_rest_port),
+                    "RAGFLEET_GATEWAY_API_KEYS_FILE": str(self.keys_file),
+                    "RAGFLEET_GATEWAY_SERVICE_CREDENTIAL_FILE": credential,
                     "RAGFLEET_GATEWAY_EMBEDDER_ADDRESS": s.address(s.embedder_port),
                     "RAGFLEET_GATEWAY_RETRIEVER_ADDRESS": s.address(s.retriever_port),
                     "RAGFLEET_GATEWAY_GENERATOR_ADDRESS": s.address(s.generator_port),

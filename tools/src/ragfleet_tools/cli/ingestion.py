@@ -75,8 +75,10 @@ def run(settings: FleetSettings, options: IngestOptions) -> IngestSummary:
         kind = SourceKind(options.kind)
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
+    fleet = Fleet(settings)
     config = IngestConfig(
-        tenant=options.tenant,
+        tenant=options.tenant or settings.tenant,
+        service_credential=fleet.service_credential(),
         sync=options.sync,
         kind=kind,
         retriever_address=settings.address(settings.retriever_port),
@@ -88,7 +90,7 @@ def run(settings: FleetSettings, options: IngestOptions) -> IngestSummary:
         worker_cpus=options.worker_cpus,
         progress=options.progress,
     )
-    log = Fleet(settings).log_dir / "ingest.log"
+    log = fleet.log_dir / "ingest.log"
     with native_stderr_to(log), ray_session(ray_address(settings, options.ray_address)):
         return run_ingest(options.source, config, manifest_path(settings, options.manifest))
 

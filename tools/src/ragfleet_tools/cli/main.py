@@ -1,4 +1,4 @@
-"""``ragfleet up | down | status | ingest | ask``."""
+"""``ragfleet up | down | status | ingest | ask | keys``."""
 
 from __future__ import annotations
 
@@ -40,6 +40,8 @@ app = typer.Typer(
 )
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
+keys_app = typer.Typer(help="API keys of the gateway.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -77,6 +79,8 @@ def up(
         launch()
 
     try:
+        step = "creating the fleet's credentials"
+        new_key = fleet.ensure_credentials()
         step = "starting Ray"
         typer.echo(
             f"starting Ray on {settings.ray_address} and the services (logs: {fleet.log_dir})"
@@ -152,6 +156,42 @@ def up(
         typer.echo(f"{name:<10} grpc://{address}")
     typer.echo(f"{'rest':<10} http://{settings.host}:{settings.gateway_rest_port}/docs")
     typer.echo(f"{'logs':<10} {fleet.log_dir}")
+    if new_key is not None:
+        typer.echo(
+            f"{'api key':<10} {new_key}\n{'':<10} (tenant {settings.tenant}, roles query and "
+            f"ingest; shown once, kept for the CLI in {fleet.cli_key_path})"
+        )
+    else:
+        typer.echo(f"{'api key':<10} in {fleet.cli_key_path} (the CLI uses it)")
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="the tenant the key acts in")],
+    role: Annotated[list[str], typer.Option(help="query, ingest or admin; repeat for several")],
+    keys_file: Annotated[
+        Path | None, typer.Option(help="default: the local fleet's ($RAGFLEET_HOME/auth)")
+    ] = None,
+    label: Annotated[str, typer.Option(help="a note for people reading the file")] = "",
+) -> None:
+    """Make an API key: prints it once and adds only its SHA-256 to the keys file, which the
+    gateway re-reads (no restart). Revoke a key by deleting its entry from the file."""
+    from ragfleet_gateway.auth import Role, add_key
+    from ragfleet_gateway.auth import new_key as make_key
+
+    try:
+        roles = frozenset(Role(r) for r in role)
+        key, entry = make_key(tenant, roles, label)
+    except ValueError as err:
+        raise _fail(str(err), code=2) from None
+    path = keys_file or Fleet(FleetSettings()).keys_file
+    add_key(path, entry)
+    typer.echo(key)
+    typer.secho(
+        f"key {entry.id} of tenant {tenant} ({', '.join(sorted(roles))}) added to {path}; "
+        "the key is not stored anywhere: keep it now",
+        err=True,
+    )
 
 
 @app.command()
@@ -194,7 +234,7 @@ def ingest(
         bool, typer.Option("--sync", help="delete documents that vanished from the source")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
-    tenant: str = "",
+    tenant: Annotated[str, typer.Option(help="empty: RAGFLEET_TENANT (default: default)")] = "",
     ray_address: Annotated[
         str, typer.Option(help="Ray cluster address; default: the fleet's Ray, else local")
     ] = "",
@@ -241,7 +281,7 @@ def ask(
     question: str,
     top_k: Annotated[int | None, typer.Option(help="passages given to the model")] = None,
     mode: Annotated[str, typer.Option(help="hybrid, lexical or dense")] = "hybrid",
-    tenant: str = "",
+    tenant: Annotated[str, typer.Option(help="empty: the API key's tenant")] = "",
     max_tokens: Annotated[int | None, typer.Option(help="unset: the server default")] = None,
     timeout: Annotated[float, typer.Option(help="seconds")] = 120.0,
 ) -> None:
@@ -261,7 +301,10 @@ def ask(
 
 
 async def _index_is_empty(settings: FleetSettings) -> bool:
-    client = RetrieverClient.connect(settings.address(settings.retriever_port))
+    client = RetrieverClient.connect(
+        settings.address(settings.retriever_port),
+        credential=Fleet(settings).service_credential(),
+    )
     try:
         stats = await client.stats(Deadline.after(10))
     finally:
@@ -277,7 +320,7 @@ def _run_ingest(settings: FleetSettings, options: ingestion.IngestOptions) -> In
 
 
 async def _ask(settings: FleetSettings, request: gateway_pb2.AskRequest, timeout_s: float) -> None:
-    async with insecure_channel(settings.gateway_address) as channel:
+    async with insecure_channel(settings.gateway_address, Fleet(settings).api_key()) as channel:
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         try:
             streamed = False
