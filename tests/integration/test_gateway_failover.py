@@ -182,6 +182,8 @@ async def gateway(
         generator_address=links[0]["address"],
         models=links,  # type: ignore[arg-type]
         grace_period_s=0,
+        # This test is about failover; services/gateway/tests/test_tenancy.py covers the keys.
+        auth_disabled=True,
         **{"first_token_timeout_s": 2.0, "generation_retry_base_s": 0.05, **overrides},
     )
     service = build_gateway(settings)
