@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from urllib.parse import urlparse
 import httpx
 
 from ragfleet.ingest.domain import ItemKind, SourceItem
+from ragfleet.ingest.urls import UrlPolicy, UrlRefused, fetch_stream
 from ragfleet.runtime.errors import InvalidInput
 
 MARKDOWN = "text/markdown"
@@ -58,8 +60,12 @@ class SourceKind(StrEnum):
 
 @dataclass(frozen=True)
 class ReadLimits:
+    """``http_timeout_s`` bounds a whole fetch (redirects and body included); ``url_policy``,
+    when set, says which URLs may be fetched (``ragfleet.ingest.urls``)."""
+
     max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES
     http_timeout_s: float = DEFAULT_HTTP_TIMEOUT_S
+    url_policy: UrlPolicy | None = None
 
     def __post_init__(self) -> None:
         if self.max_document_bytes < 1:
@@ -250,7 +256,7 @@ def _discover_sitemap(spec: str, limits: ReadLimits) -> Discovery:
     pages: list[str] = []
     errors: list[tuple[str, str]] = []
     pending = [(spec, 0)]
-    with httpx.Client(timeout=limits.http_timeout_s, follow_redirects=True) as client:
+    with httpx.Client(timeout=limits.http_timeout_s) as client:
         while pending:
             where, depth = pending.pop(0)
             try:
@@ -298,8 +304,9 @@ def _too_big(size: int, limits: ReadLimits) -> str:
 def _fetch(client: httpx.Client, url: str, limits: ReadLimits) -> tuple[bytes, str, str]:
     """(body, content type, charset) of ``url``; ``ItemError`` on timeouts, HTTP errors and
     bodies over the size limit."""
+    deadline = time.monotonic() + limits.http_timeout_s
     try:
-        with client.stream("GET", url) as response:
+        with fetch_stream(client, url, limits.url_policy, deadline) as response:
             if response.status_code >= 400:
                 raise ItemError(f"HTTP {response.status_code} {response.reason_phrase}")
             body = bytearray()
@@ -307,8 +314,12 @@ def _fetch(client: httpx.Client, url: str, limits: ReadLimits) -> tuple[bytes, s
                 body += part
                 if len(body) > limits.max_document_bytes:
                     raise ItemError(_too_big(len(body), limits))
+                if time.monotonic() > deadline:
+                    raise TimeoutError
             header = response.headers.get("content-type", "")
-    except httpx.TimeoutException:
+    except UrlRefused as exc:
+        raise ItemError(str(exc)) from None
+    except (httpx.TimeoutException, TimeoutError):
         raise ItemError(f"timed out after {limits.http_timeout_s:g}s") from None
     except httpx.HTTPError as exc:
         raise ItemError(f"{type(exc).__name__}: {exc}") from None
@@ -378,7 +389,7 @@ def _content_type_of_url(url: str, media: str) -> str:
 
 
 def _read_url(item: SourceItem, limits: ReadLimits) -> tuple[str, str]:
-    with httpx.Client(timeout=limits.http_timeout_s, follow_redirects=True) as client:
+    with httpx.Client(timeout=limits.http_timeout_s) as client:
         body, media, charset = _fetch(client, item.locator, limits)
     content_type = _content_type_of_url(item.locator, media)
     return _text_of(body, content_type, charset), content_type
