@@ -160,6 +160,10 @@ class FakeResponse:
 class FakeStream:
     def __init__(self, events: list[GenerationEvent], error: BaseException | None) -> None:
         self._events, self._error = iter(events), error
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
 
     def __aiter__(self) -> AsyncIterator[GenerationEvent]:
         return self
@@ -187,6 +191,7 @@ class FakeHandle:
         self.name, self.error, self.delay = name, error, ready_delay_s
         self.requests: list[Any] = []
         self.trace_contexts: list[dict[str, str]] = []
+        self.streams: list[FakeStream] = []
         events: list[GenerationEvent] = [
             TokenDelta(f"from {name}"),
             GenerationDone(FinishReason.STOP, Usage(3, 1, 1.0, 2.0, 0.0)),
@@ -195,7 +200,8 @@ class FakeHandle:
         def generate(request: Any, trace_context: dict[str, str] | None = None) -> FakeStream:
             self.requests.append(request)
             self.trace_contexts.append(trace_context or {})
-            return FakeStream(events, self.error)
+            self.streams.append(FakeStream(events, self.error))
+            return self.streams[-1]
 
         async def ready() -> bool:
             await asyncio.sleep(self.delay)
@@ -358,3 +364,13 @@ async def test_generate_counts_requests_tokens_and_time_to_first_token() -> None
     after = samples()
     # FakeHandle's usage: 3 prompt tokens, 1 completion token.
     assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 3, 1, 1]
+
+
+async def test_a_generate_call_that_goes_away_cancels_the_model_call() -> None:
+    handle = FakeHandle("small")
+    ingress = make_ingress(handle)
+    call = ingress.Generate(request(), cast(Any, RecordingContext()))
+    assert (await anext(call)).token.text == "from small"
+    await call.aclose()  # what Serve does when the client cancels between messages
+    await generate(ingress, request(), RecordingContext())
+    assert [s.cancelled for s in handle.streams] == [True, False]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-from collections.abc import Callable, Sequence
+import threading
+import time
+from collections.abc import Callable, Generator, Sequence
 
 import pytest
 
@@ -16,6 +19,7 @@ from ragfleet_generator.core import (
     ServedModel,
 )
 from ragfleet_generator.engine import (
+    Cancellation,
     ChatMessage,
     EngineKind,
     FinishReason,
@@ -157,3 +161,59 @@ async def test_a_looping_generation_is_cut_with_finish_reason_repetition() -> No
     done = events[-1]
     assert isinstance(done, GenerationDone) and done.finish_reason is FinishReason.REPETITION
     assert 10 <= len(deltas) < 20 and done.usage.completion_tokens == len(deltas)
+
+
+class SlowPromptEngine(FakeEngine):
+    """A fake whose first generation spends its first step (a prompt evaluation) waiting for
+    its cancellation, 10 s at most; later generations are the fake's own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cancellations: list[Cancellation] = []
+        self.aborted_after_s: float | None = None
+
+    def generate(
+        self,
+        messages: Sequence[ChatMessage],
+        params: SamplingParams,
+        cancellation: Cancellation | None = None,
+    ) -> Generator[GenerationEvent, None, None]:
+        assert cancellation is not None
+        self.cancellations.append(cancellation)
+        if len(self.cancellations) == 1:
+            aborted = threading.Event()
+            cancellation.on_cancel(aborted.set)
+            start = time.monotonic()
+            if aborted.wait(timeout=10):
+                self.aborted_after_s = time.monotonic() - start
+                return
+        yield from super().generate(messages, params)
+
+
+async def test_a_cancelled_generation_is_aborted_within_its_step_and_frees_the_model() -> None:
+    engine = SlowPromptEngine()
+    core = GeneratorCore([ServedModel("tiny", EngineKind.FAKE, engine)], "tiny", LIMITS)
+    request = GenerationRequest(messages=[USER])
+    caller = asyncio.create_task(collect(core, request))
+    await asyncio.sleep(0.2)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    start = time.monotonic()
+    events = await asyncio.wait_for(collect(core, request), timeout=5)
+    assert time.monotonic() - start < 1.0
+    assert engine.aborted_after_s is not None and engine.aborted_after_s < 1.0
+    assert isinstance(events[-1], GenerationDone)
+    # A generation read to its end is not cancelled.
+    assert [c.cancelled for c in engine.cancellations] == [True, False]
+
+
+def test_cancellation_runs_each_callback_once_even_when_registered_late() -> None:
+    cancellation = Cancellation()
+    calls: list[str] = []
+    cancellation.on_cancel(lambda: calls.append("early"))
+    assert not cancellation.cancelled and calls == []
+    cancellation.cancel()
+    cancellation.cancel()
+    cancellation.on_cancel(lambda: calls.append("late"))
+    assert cancellation.cancelled and calls == ["early", "late"]

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +23,7 @@ from ragfleet.runtime.errors import (
 )
 from ragfleet_generator.chat_templates import ChatFamily, render_llama2, render_mistral
 from ragfleet_generator.engine import (
+    Cancellation,
     ChatMessage,
     GenerationDone,
     Role,
@@ -150,6 +154,19 @@ class FakeAsyncEngine:
         pass
 
 
+class StallingAsyncEngine(FakeAsyncEngine):
+    """Streams one delta, then waits for ever (a long prefill or a stuck request)."""
+
+    async def generate(
+        self, prompt: str, sampling_params: Any, request_id: str
+    ) -> AsyncIterator[FakeOutput]:
+        try:
+            yield FakeOutput([0], [FakeCompletion("The", [0], None)])
+            await asyncio.sleep(3600)
+        finally:
+            self.closed.append(request_id)
+
+
 @pytest.fixture
 def fake_vllm() -> tuple[VllmEngine, FakeAsyncEngine]:
     fake = FakeAsyncEngine()
@@ -196,3 +213,24 @@ def test_vllm_prompt_falls_back_to_the_family_format() -> None:
     assert render([ChatMessage(Role.USER, "Hi")]) == "[INST] Hi [/INST]"
     with pytest.raises(ModelLoadError, match="chat_family"):
         make_prompt_renderer(FakeTokenizer(None), None)
+
+
+def test_vllm_engine_cancelled_mid_wait_aborts_the_request_at_once() -> None:
+    fake = StallingAsyncEngine()
+    tokenizer = FakeTokenizer("{{ messages }}")
+    engine = VllmEngine(
+        fake, EngineLoop(), tokenizer, make_prompt_renderer(tokenizer, None), lambda p: p, 4096
+    )
+    cancellation = Cancellation()
+    stream = engine.generate(
+        [ChatMessage(Role.USER, "which port")],
+        SamplingParams(max_tokens=16, temperature=0.0),
+        cancellation,
+    )
+    assert next(stream) == TokenDelta("The")
+    threading.Timer(0.2, cancellation.cancel).start()
+    start = time.monotonic()
+    assert list(stream) == []
+    assert time.monotonic() - start < 2.0
+    assert len(fake.closed) == 1
+    engine.close()

@@ -1,10 +1,13 @@
 """The generator on a real Ray Serve (local Ray, gRPC proxy on a free port) with two model
 deployments behind the ingress: the real Qwen2.5-Coder-0.5B (default) and a fake "echo" model.
-Health, streaming, grounded answers, routing by model, model listing, status codes."""
+Health, streaming, grounded answers, routing by model, model listing, status codes, and a
+client that goes away freeing the replica."""
 
 from __future__ import annotations
 
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -187,3 +190,42 @@ def test_empty_messages_and_unknown_roles_are_invalid(
         with pytest.raises(grpc.RpcError) as caught:
             _generate(generator, messages=messages)
         assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+# A RAG-sized prompt (about 2,000 tokens): its evaluation alone takes seconds on two cores.
+LONG_PROMPT = (
+    " ".join(
+        f"Passage {i}: the keeper logged the weather, the ships and the lamp oil on day {i}."
+        for i in range(80)
+    )
+    + " Write a long story about the keeper, in many chapters."
+)
+FREED_WITHIN_S = 5.0
+
+
+@pytest.mark.parametrize("give_up", ["cancel", "deadline"])
+def test_a_client_that_goes_away_frees_the_replica(
+    generator: generator_pb2_grpc.GeneratorServiceStub, give_up: str
+) -> None:
+    """A long generation given up after 1 s, while the replica still evaluates its prompt, is
+    aborted there: the replica (one generation at a time) answers the next request at once
+    instead of after the rest of the prompt and 1,000 tokens."""
+    request = generator_pb2.GenerateRequest(
+        messages=_user(LONG_PROMPT), max_tokens=1000, temperature=0.0
+    )
+    if give_up == "cancel":
+        call = generator.Generate(request, timeout=TIMEOUT_S, metadata=METADATA)
+        threading.Timer(1.0, call.cancel).start()
+        expected = grpc.StatusCode.CANCELLED
+    else:
+        call = generator.Generate(request, timeout=1.0, metadata=METADATA)
+        expected = grpc.StatusCode.DEADLINE_EXCEEDED
+    with pytest.raises(grpc.RpcError) as caught:
+        list(call)
+    assert caught.value.code() is expected
+    gave_up = time.perf_counter()
+    responses = _generate(generator, messages=_user("Hi"), max_tokens=1)
+    freed = time.perf_counter() - gave_up
+    print(f"\n{give_up}: the replica answered the next request {freed:.2f} s later")
+    assert responses[-1].WhichOneof("event") == "done"
+    assert freed < FREED_WITHIN_S

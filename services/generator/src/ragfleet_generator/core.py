@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from ragfleet.runtime.errors import InvalidInput, NotFound
+from ragfleet.runtime.logging import get_logger
 from ragfleet_generator.engine import (
+    Cancellation,
     ChatMessage,
     EngineKind,
     FinishReason,
@@ -29,6 +31,7 @@ from ragfleet_generator.engine import (
 from ragfleet_generator.repetition import RepetitionGuard
 from ragfleet_generator.settings import GeneratorSettings
 
+log = get_logger(__name__)
 T = TypeVar("T")
 
 MAX_TEMPERATURE = 2.0
@@ -197,7 +200,9 @@ class GeneratorCore:
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         """Yields token deltas, then one GenerationDone. A generation that falls into a loop
-        (``RepetitionGuard``) is stopped there and ends with finish reason ``repetition``.
+        (``RepetitionGuard``) is stopped there and ends with finish reason ``repetition``. A
+        caller that stops iterating (cancelled, or closing this generator) stops the engine
+        within its step in progress (``Cancellation``), then frees the model.
 
         Raises NotFound for a model that is not served and InvalidInput (before anything is
         yielded) for a request outside the limits, including a prompt that does not leave
@@ -215,22 +220,33 @@ class GeneratorCore:
                     f"{params.max_tokens} it exceeds the context window of {window} tokens "
                     f"of model {model.name!r}"
                 )
-            events = model.engine.generate(messages, params)
+            cancellation = Cancellation()
+            events = model.engine.generate(messages, params, cancellation)
             guard = RepetitionGuard()
             meter = UsageMeter()
             completion_tokens = 0
+            finished = False
             try:
                 while (event := await model.run(next, events, None)) is not None:
+                    finished = isinstance(event, GenerationDone)
                     yield event
                     if isinstance(event, TokenDelta):
                         meter.token()
                         completion_tokens += 1
                         if guard.feed(event.text):
+                            finished = True
                             yield GenerationDone(
                                 FinishReason.REPETITION,
                                 meter.finish(prompt_tokens, completion_tokens),
                             )
                             return
+            except (asyncio.CancelledError, GeneratorExit):
+                if not finished:
+                    # The caller went away (cancelled, deadline, closed stream): the step in
+                    # progress stops early instead of running to its end.
+                    log.info("generation_cancelled", model=model.name, tokens=completion_tokens)
+                    cancellation.cancel()
+                raise
             finally:
                 # Queued behind any step still running, so the engine is never entered twice.
                 model.executor.submit(events.close)

@@ -60,6 +60,11 @@ TIME_TO_FIRST_TOKEN = Histogram(
     ("model",),
     buckets=LATENCY_BUCKETS,
 )
+CANCELLED_GENERATIONS = Counter(
+    "ragfleet_generator_cancelled_generations",
+    "Generate calls whose client went away (cancelled, deadline) before the final message",
+    ("model",),
+)
 GRPC_SERVICER_FUNCTIONS = (
     "ragfleet.generator.v1.generator_pb2_grpc.add_GeneratorServiceServicer_to_server",
     "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
@@ -199,7 +204,9 @@ class GeneratorIngress:
     async def Generate(
         self, request: generator_pb2.GenerateRequest, grpc_context: RayServegRPCContext
     ) -> AsyncIterator[generator_pb2.GenerateResponse]:
-        """Streams token deltas, then one ``done`` message with usage and timing."""
+        """Streams token deltas, then one ``done`` message with usage and timing. A call that is
+        cancelled (the client cancelled, its deadline ran out, the proxy timed it out) cancels
+        the model replica's generation, which stops within its step in progress."""
         metadata = grpc_context.invocation_metadata()
         parent = incoming_context(metadata) if tracing_enabled() else None
         start = time.perf_counter()
@@ -212,19 +219,32 @@ class GeneratorIngress:
                         stream=True
                     ).generate.remote(domain_request, trace_carrier())  # type: ignore[assignment]
                     first = True
-                    while True:
-                        try:
-                            event: GenerationEvent = await events.__anext__()
-                        except StopAsyncIteration:
-                            break
-                        except Exception as exc:
-                            raise _domain_error(exc, model) from None
-                        if first and isinstance(event, TokenDelta):
-                            TIME_TO_FIRST_TOKEN.labels(model).observe(time.perf_counter() - start)
-                            first = False
-                        if isinstance(event, GenerationDone):
-                            _count_tokens(model, event)
-                        yield to_response(event, model)
+                    finished = False
+                    try:
+                        while not finished:
+                            try:
+                                event: GenerationEvent = await events.__anext__()
+                            except StopAsyncIteration:
+                                break
+                            except Exception as exc:
+                                raise _domain_error(exc, model) from None
+                            if first and isinstance(event, TokenDelta):
+                                TIME_TO_FIRST_TOKEN.labels(model).observe(
+                                    time.perf_counter() - start
+                                )
+                                first = False
+                            if isinstance(event, GenerationDone):
+                                _count_tokens(model, event)
+                                finished = True
+                            yield to_response(event, model)
+                    except (asyncio.CancelledError, GeneratorExit):
+                        # The client went away. Serve cancels the model replica's call with
+                        # this one only on some paths (direct ingress), so it is cancelled
+                        # here; the replica then stops generating.
+                        if not finished:
+                            CANCELLED_GENERATIONS.labels(model).inc()
+                            events.cancel()  # type: ignore[no-untyped-call]
+                        raise
             except Exception:
                 rpc.code = grpc_context.code()
                 raise

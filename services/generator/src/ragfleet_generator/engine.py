@@ -3,11 +3,17 @@
 An engine turns chat messages into a stream of ``TokenDelta`` events followed by exactly one
 ``GenerationDone`` carrying usage and timing. Engines are synchronous and single-request: the
 core serialises calls to one engine and runs them off the event loop.
+
+A generation whose caller went away is stopped twice over: the core closes the iterator after
+the step in progress, and it cancels the generation's ``Cancellation`` at once, which an engine
+uses to cut short a step that would otherwise run on (llama.cpp aborts its prompt evaluation,
+vLLM aborts the request, the OpenAI engine closes its HTTP stream).
 """
 
 from __future__ import annotations
 
 import enum
+import threading
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
@@ -68,6 +74,39 @@ class GenerationDone:
 GenerationEvent = TokenDelta | GenerationDone
 
 
+class Cancellation:
+    """Set once, from any thread, when the caller of a generation went away. Engines poll
+    ``cancelled`` from their own thread or register a callback with ``on_cancel``."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._callbacks: list[Callable[[], None]] = []
+        # Guards the callbacks against a cancel that races a registration.
+        self._lock = threading.Lock()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def cancel(self) -> None:
+        """Marks the generation cancelled and runs the callbacks (each once, in this thread)."""
+        with self._lock:
+            if self._event.is_set():
+                return
+            self._event.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        """Runs ``callback`` on cancel; at once when the generation is already cancelled."""
+        with self._lock:
+            if not self._event.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
+
+
 class LLMEngine(Protocol):
     """A loaded model that generates chat completions."""
 
@@ -81,9 +120,13 @@ class LLMEngine(Protocol):
         ...
 
     def generate(
-        self, messages: Sequence[ChatMessage], params: SamplingParams
+        self,
+        messages: Sequence[ChatMessage],
+        params: SamplingParams,
+        cancellation: Cancellation | None = None,
     ) -> Generator[GenerationEvent, None, None]:
-        """Yields token deltas, then one GenerationDone. Closing the iterator stops generating."""
+        """Yields token deltas, then one GenerationDone. Closing the iterator stops generating;
+        ``cancellation`` stops the step in progress too (the iterator then ends early)."""
         ...
 
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Generator, Sequence
 
 from ragfleet_generator.engine import (
+    Cancellation,
     ChatMessage,
     FinishReason,
     GenerationDone,
@@ -39,7 +40,10 @@ class FakeEngine:
         return sum(len(f"{m.role}: {m.content}".split()) for m in messages)
 
     def generate(
-        self, messages: Sequence[ChatMessage], params: SamplingParams
+        self,
+        messages: Sequence[ChatMessage],
+        params: SamplingParams,
+        cancellation: Cancellation | None = None,
     ) -> Generator[GenerationEvent, None, None]:
         meter = UsageMeter(self._clock)
         prompt_tokens = self.count_prompt_tokens(messages)
@@ -48,6 +52,8 @@ class FakeEngine:
         emitted: list[str] = []
         finish = FinishReason.STOP
         for word in words:
+            if cancellation is not None and cancellation.cancelled:
+                return
             if len(emitted) == params.max_tokens:
                 finish = FinishReason.LENGTH
                 break

@@ -1,18 +1,29 @@
 """``LLMEngine`` on llama-cpp-python: a GGUF model on CPU, prompted with the GGUF's own chat
-template (``tokenizer.chat_template`` in the file's metadata)."""
+template (``tokenizer.chat_template`` in the file's metadata).
+
+Cancellation: between tokens the core closes the stream; the prompt evaluation before the
+first token (seconds to minutes for a long prompt on CPU) is one step, so while it runs the
+engine installs llama.cpp's abort callback, which ends ``llama_decode`` at the next graph node
+once the generation is cancelled. The callback is removed with the first token: it costs a
+call into Python per graph node, and token steps are short.
+"""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Generator, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
+import llama_cpp
 from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from llama_cpp.llama_types import ChatCompletionRequestMessage
 
 from ragfleet.runtime.errors import ModelLoadError
 from ragfleet_generator.engine import (
+    Cancellation,
     ChatMessage,
     FinishReason,
     GenerationDone,
@@ -76,7 +87,10 @@ class LlamaCppEngine:
         return len(self._llm.tokenize(rendered.prompt.encode(), add_bos=False, special=True))
 
     def generate(
-        self, messages: Sequence[ChatMessage], params: SamplingParams
+        self,
+        messages: Sequence[ChatMessage],
+        params: SamplingParams,
+        cancellation: Cancellation | None = None,
     ) -> Generator[GenerationEvent, None, None]:
         meter = UsageMeter()
         prompt_tokens = self.count_prompt_tokens(messages)
@@ -90,7 +104,16 @@ class LlamaCppEngine:
         pieces: list[str] = []
         finish = FinishReason.STOP
         try:
-            for chunk in stream:
+            with self._abortable(cancellation):
+                try:
+                    first = next(stream, None)
+                except RuntimeError:
+                    # llama_decode reports an abort as an error code.
+                    if cancellation is not None and cancellation.cancelled:
+                        return
+                    raise
+            chunks = () if first is None else itertools.chain([first], stream)
+            for chunk in chunks:
                 choice = chunk["choices"][0]
                 content = choice["delta"].get("content")
                 if content:
@@ -108,6 +131,24 @@ class LlamaCppEngine:
             self._llm.tokenize("".join(pieces).encode(), add_bos=False, special=False)
         )
         yield GenerationDone(finish, meter.finish(prompt_tokens, completion_tokens))
+
+    @contextmanager
+    def _abortable(self, cancellation: Cancellation | None) -> Iterator[None]:
+        """``llama_decode`` calls in the block end early once ``cancellation`` is cancelled."""
+        if cancellation is None:
+            yield
+            return
+
+        def aborted(_: Any) -> bool:
+            return cancellation.cancelled
+
+        # The ctypes callback must stay referenced while llama.cpp holds it.
+        callback = llama_cpp.ggml_abort_callback(aborted)
+        llama_cpp.llama_set_abort_callback(self._llm.ctx, callback, None)
+        try:
+            yield
+        finally:
+            llama_cpp.llama_set_abort_callback(self._llm.ctx, llama_cpp.ggml_abort_callback(), None)
 
 
 def _token_text(llm: Llama, token: int) -> str:

@@ -24,6 +24,7 @@ from ragfleet.runtime.errors import (
     Unavailable,
 )
 from ragfleet_generator.engine import (
+    Cancellation,
     ChatMessage,
     FinishReason,
     GenerationDone,
@@ -121,8 +122,14 @@ class OpenAIEngine:
         return math.ceil(chars / _CHARS_PER_TOKEN) + _TOKENS_PER_MESSAGE * len(messages)
 
     def generate(
-        self, messages: Sequence[ChatMessage], params: SamplingParams
+        self,
+        messages: Sequence[ChatMessage],
+        params: SamplingParams,
+        cancellation: Cancellation | None = None,
     ) -> Generator[GenerationEvent, None, None]:
+        """Closing the iterator or cancelling ``cancellation`` closes the HTTP stream, which
+        ends the request at the server (OpenAI-compatible servers, vLLM's included, abort a
+        generation whose client disconnected)."""
         meter = UsageMeter()
         payload: list[ChatCompletionMessageParam] = [
             {"role": str(m.role), "content": m.content}  # type: ignore[misc]
@@ -140,6 +147,9 @@ class OpenAIEngine:
             )
         except openai.OpenAIError as exc:
             raise map_openai_error(exc, self._endpoint) from None
+        if cancellation is not None:
+            # From the cancelling thread: the read this thread is blocked in then fails.
+            cancellation.on_cancel(stream.close)
         finish = FinishReason.STOP
         deltas = 0
         reported: ChatCompletionChunk | None = None
@@ -154,8 +164,12 @@ class OpenAIEngine:
                         yield TokenDelta(choice.delta.content)
                     if choice.finish_reason == "length":
                         finish = FinishReason.LENGTH
-        except openai.OpenAIError as exc:
-            raise map_openai_error(exc, self._endpoint) from None
+        except Exception as exc:
+            if cancellation is not None and cancellation.cancelled:
+                return  # whatever the read of the closed stream raised; nobody is waiting
+            if isinstance(exc, openai.OpenAIError):
+                raise map_openai_error(exc, self._endpoint) from None
+            raise
         finally:
             stream.close()
         if reported is not None and reported.usage is not None:

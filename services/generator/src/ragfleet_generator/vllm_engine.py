@@ -14,12 +14,13 @@ import asyncio
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from typing import Any, Protocol, TypeVar
 
 from ragfleet.runtime.errors import ModelLoadError
 from ragfleet_generator.chat_templates import CHAT_RENDERERS, ChatFamily
 from ragfleet_generator.engine import (
+    Cancellation,
     ChatMessage,
     FinishReason,
     GenerationDone,
@@ -65,8 +66,11 @@ class EngineLoop:
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Runs ``coro`` on the loop and blocks the calling thread for its result."""
-        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        return future.result()
+        return self.submit(coro).result()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        """Runs ``coro`` on the loop; cancelling the future cancels it there."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
     def close(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -193,8 +197,13 @@ class VllmEngine:
         return len(self._tokenizer.encode(self._render(messages)))
 
     def generate(
-        self, messages: Sequence[ChatMessage], params: SamplingParams
+        self,
+        messages: Sequence[ChatMessage],
+        params: SamplingParams,
+        cancellation: Cancellation | None = None,
     ) -> Generator[GenerationEvent, None, None]:
+        """Cancelling ``cancellation`` cancels the wait for vLLM's next output, and vLLM
+        aborts a request whose stream is cancelled (as it does for a disconnected client)."""
         meter = UsageMeter()
         stream = self._engine.generate(
             self._render(messages), self._sampling_params(params), request_id=uuid.uuid4().hex
@@ -202,12 +211,25 @@ class VllmEngine:
         finish = FinishReason.STOP
         prompt_tokens = 0
         completion_tokens = 0
+        step: list[Future[Any]] = []  # the wait in progress
+
+        def cancel_step() -> None:
+            for future in step:
+                future.cancel()
+
+        if cancellation is not None:
+            cancellation.on_cancel(cancel_step)
         try:
             while True:
+                if cancellation is not None and cancellation.cancelled:
+                    return
+                step[:] = [self._loop.submit(_next(stream))]
                 try:
-                    output = self._loop.run(_next(stream))
+                    output = step[0].result()
                 except StopAsyncIteration:
                     break
+                except CancelledError:
+                    return
                 if output.prompt_token_ids is not None:
                     prompt_tokens = len(output.prompt_token_ids)
                 completion = output.outputs[0]
