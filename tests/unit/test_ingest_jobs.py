@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from ragfleet.ingest import IngestSummary, Outcome
+from ragfleet.ingest.urls import UrlPolicy
 from ragfleet.runtime.errors import InvalidInput, NotFound, Unavailable
 from ragfleet_gateway.ingest_jobs import IngestJobs, JobRequest, JobState
 
@@ -72,3 +73,27 @@ async def test_only_the_last_finished_jobs_are_kept() -> None:
         jobs.get(first.id)
     assert jobs.get(second.id) is second
     await third.done.wait()
+
+
+async def test_urls_the_policy_refuses_are_refused_before_a_job_starts() -> None:
+    jobs = IngestJobs(
+        fake_runner, [], policy=UrlPolicy(allowed_hosts=(".example.org",), max_redirects=2)
+    )
+    for url, rule in (
+        ("http://127.0.0.1:8080/admin", "not among the allowed hosts"),
+        ("https://evil.test/", "not among the allowed hosts"),
+        ("ftp://example.org/a", "not an http\\(s\\) URL"),
+    ):
+        with pytest.raises(InvalidInput, match=rule):
+            jobs.start(JobRequest(url))
+    open_policy = IngestJobs(fake_runner, [])
+    for url, rule in (
+        ("http://127.0.0.1:8080/admin", "127.0.0.1, a loopback address"),
+        ("http://[fd00::1]/", "a private address"),
+        ("http://169.254.169.254/latest/meta-data/", "a link-local address"),
+    ):
+        with pytest.raises(InvalidInput, match=rf"source: url .*{rule}"):
+            open_policy.start(JobRequest(url))
+    job = jobs.start(JobRequest("https://docs.example.org/guide"))
+    await job.done.wait()
+    assert job.state is JobState.SUCCEEDED

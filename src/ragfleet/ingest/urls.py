@@ -89,9 +89,11 @@ class UrlPolicy:
     max_redirects: int = DEFAULT_MAX_REDIRECTS
     resolver: Resolver = system_resolver
 
-    def check(self, url: str) -> Target:
+    def check(self, url: str, *, resolve: bool = True) -> Target:
         """The ``Target`` to connect to for ``url``; ``UrlRefused`` naming the rule when the
-        scheme, host or any address the host resolves to is not allowed."""
+        scheme, host or any address the host resolves to is not allowed. ``resolve=False``
+        checks without DNS (a quick check of a request: a host name passes, an address literal
+        is classified; the fetch checks again, resolved)."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https"):
             raise UrlRefused(f"url {url!r}: only http and https URLs are fetched")
@@ -109,7 +111,13 @@ class UrlPolicy:
                 f"url {url!r}: host {host} is not among the allowed hosts "
                 f"({', '.join(self.allowed_hosts)}; RAGFLEET_GATEWAY_INGEST_ALLOWED_URL_HOSTS)"
             )
-        addresses = self.resolver(host, port)
+        if not resolve:
+            try:
+                addresses: Sequence[str] = [str(ipaddress.ip_address(host.strip("[]")))]
+            except ValueError:
+                return Target(url, host, port, "")
+        else:
+            addresses = self.resolver(host, port)
         if not addresses:
             raise UrlRefused(f"url {url!r}: host {host} resolves to no address")
         if not self.allow_private:

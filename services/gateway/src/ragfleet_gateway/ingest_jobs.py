@@ -24,7 +24,8 @@ from ragfleet.ingest import (
     ray_session,
     run_ingest,
 )
-from ragfleet.ingest.sources import is_url
+from ragfleet.ingest.sources import ReadLimits, is_url
+from ragfleet.ingest.urls import UrlPolicy
 from ragfleet.runtime.errors import InvalidInput, NotFound, RagfleetError
 from ragfleet.runtime.logging import get_logger
 from ragfleet_gateway.settings import GatewaySettings
@@ -77,6 +78,7 @@ def pipeline_runner(settings: GatewaySettings) -> Runner:
             service_credential=settings.credential(),
             embedding=EmbeddingBackend(settings.ingest_embedding),
             workers=settings.ingest_workers,
+            limits=ReadLimits(url_policy=url_policy(settings)),
         )
         with ray_session(settings.ingest_ray_address, keep=True):
             return run_ingest(request.source, config, settings.ingest_manifest_path, summary)
@@ -84,13 +86,28 @@ def pipeline_runner(settings: GatewaySettings) -> Runner:
     return run
 
 
-def check_source(source: str, allowed_roots: list[Path]) -> str:
-    """``source`` when it is an http(s) URL or a path under an allowed root; else
-    ``InvalidInput`` naming the field and the setting."""
+def url_policy(settings: GatewaySettings) -> UrlPolicy:
+    """Which URLs the gateway's jobs fetch: callers choose them, so never an unlisted host
+    when hosts are listed, and only public addresses unless private ones are allowed."""
+    return UrlPolicy(
+        allowed_hosts=tuple(settings.ingest_allowed_url_hosts),
+        allow_private=settings.ingest_allow_private_urls,
+        max_redirects=settings.ingest_max_redirects,
+    )
+
+
+def check_source(source: str, allowed_roots: list[Path], policy: UrlPolicy) -> str:
+    """``source`` when it is an http(s) URL ``policy`` allows (checked without DNS here; every
+    fetch checks again, resolved) or a path under an allowed root; else ``InvalidInput``
+    naming the field and the rule."""
     check_text(source, "source")
     if not source.strip():
         raise InvalidInput("source: must not be empty")
     if is_url(source):
+        try:
+            policy.check(source, resolve=False)
+        except InvalidInput as exc:
+            raise InvalidInput(f"source: {exc}") from None
         return source
     path = Path(source).resolve()
     if not any(path.is_relative_to(root.resolve()) for root in allowed_roots):
@@ -104,11 +121,19 @@ def check_source(source: str, allowed_roots: list[Path]) -> str:
 class IngestJobs:
     """The registry: starts jobs, keeps the last ``kept`` finished ones for lookup."""
 
-    def __init__(self, runner: Runner, allowed_roots: list[Path], kept: int = 100) -> None:
+    def __init__(
+        self,
+        runner: Runner,
+        allowed_roots: list[Path],
+        kept: int = 100,
+        policy: UrlPolicy | None = None,
+    ) -> None:
+        """``policy``: the URLs jobs may fetch (default: public addresses only)."""
         if kept < 1:
             raise ValueError("kept must be at least 1")
         self._runner = runner
         self._roots = list(allowed_roots)
+        self._policy = policy or UrlPolicy()
         self._kept = kept
         self._jobs: OrderedDict[str, IngestJob] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -117,14 +142,19 @@ class IngestJobs:
     @classmethod
     def from_settings(cls, settings: GatewaySettings) -> IngestJobs:
         return cls(
-            pipeline_runner(settings), settings.ingest_allowed_roots, settings.ingest_jobs_kept
+            pipeline_runner(settings),
+            settings.ingest_allowed_roots,
+            settings.ingest_jobs_kept,
+            url_policy(settings),
         )
 
     def start(self, request: JobRequest) -> IngestJob:
         """Validates the request (``InvalidInput``) and starts the job in the background."""
         check_text(request.tenant, "tenant")
         request = JobRequest(
-            check_source(request.source, self._roots), request.tenant, request.sync
+            check_source(request.source, self._roots, self._policy),
+            request.tenant,
+            request.sync,
         )
         job = IngestJob(id=uuid.uuid4().hex, request=request)
         self._jobs[job.id] = job

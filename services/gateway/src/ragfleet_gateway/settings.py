@@ -295,6 +295,20 @@ class GatewaySettings(ServiceSettings):
         default_factory=list,
         description="local folders a job may read (JSON list); empty: URLs only",
     )
+    ingest_allowed_url_hosts: list[str] = Field(
+        default_factory=list,
+        description="host names (docs.example.com) or domains (.example.com) a job may fetch "
+        "URLs from, redirects included (JSON list); empty: any host at a public address",
+    )
+    ingest_allow_private_urls: bool = Field(
+        default=False,
+        description="let jobs fetch URLs at loopback, private, link-local and other non-public "
+        "addresses (checked after DNS resolution and on every redirect); off: callers cannot "
+        "reach the gateway's own network through it",
+    )
+    ingest_max_redirects: int = Field(
+        default=5, ge=0, le=20, description="redirects a job follows per URL"
+    )
     ingest_jobs_kept: int = Field(
         default=100, ge=1, description="finished jobs remembered for GET /v1/ingest/jobs/{id}"
     )
