@@ -32,6 +32,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ragfleet.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from ragfleet.ingest import EmbeddingBackend, IngestConfig, ReadLimits, run_ingest
 from ragfleet.ingest.manifest import Manifest
+from ragfleet_gateway.auth import Role, add_key, new_key
 
 pytestmark = pytest.mark.integration
 
@@ -330,7 +331,11 @@ def test_gateway_rest_job_and_ingest_rpc(
     docs.mkdir()
     (docs / "one.md").write_text("# One\n\nThe first gateway document.")
     (docs / "two.txt").write_text("The second gateway document.")
+    key, entry = new_key("default", frozenset({Role.INGEST}))
+    add_key(tmp_path / "api_keys.json", entry)
+    bearer = {"authorization": f"Bearer {key}"}
     env = {
+        "RAGFLEET_GATEWAY_API_KEYS_FILE": str(tmp_path / "api_keys.json"),
         "RAGFLEET_GATEWAY_REST_PORT": str(free_port()),
         "RAGFLEET_GATEWAY_RETRIEVER_ADDRESS": index[0],
         "RAGFLEET_GATEWAY_EMBEDDER_ADDRESS": embedder,
@@ -341,7 +346,11 @@ def test_gateway_rest_job_and_ingest_rpc(
     address, proc = start_service("ragfleet_gateway", "RAGFLEET_GATEWAY", env)
     rest = f"http://127.0.0.1:{env['RAGFLEET_GATEWAY_REST_PORT']}"
     try:
-        with httpx.Client(base_url=rest, timeout=30) as client:
+        with httpx.Client(base_url=rest, timeout=30, headers=bearer) as client:
+            unauthenticated = client.post(
+                "/v1/ingest/jobs", json={"source": str(docs)}, headers={"authorization": ""}
+            )
+            assert unauthenticated.status_code == 401
             assert client.get("/v1/ingest/jobs/nope").status_code == 404
             refused = client.post("/v1/ingest/jobs", json={"source": str(tmp_path)})
             assert refused.status_code == 400
@@ -358,7 +367,10 @@ def test_gateway_rest_job_and_ingest_rpc(
         assert job["summary"]["added"] == 2 and job["summary"]["chunks_added"] == 2
         with grpc.insecure_channel(address) as channel:
             stub = gateway_pb2_grpc.GatewayServiceStub(channel)
-            reply = stub.Ingest(gateway_pb2.IngestRequest(source=str(docs)), timeout=300)
+            metadata = tuple(bearer.items())
+            reply = stub.Ingest(
+                gateway_pb2.IngestRequest(source=str(docs)), timeout=300, metadata=metadata
+            )
             assert (reply.documents, reply.unchanged, reply.added) == (2, 2, 0)
             with pytest.raises(grpc.RpcError) as err:
                 stub.Ingest(
@@ -366,6 +378,7 @@ def test_gateway_rest_job_and_ingest_rpc(
                         source=str(docs), documents=[gateway_pb2.Document(source="x", text="y")]
                     ),
                     timeout=30,
+                    metadata=metadata,
                 )
             assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert len(indexed(index[1])) == 2

@@ -5,12 +5,15 @@ collector this test runs, and serving Prometheus metrics on a port of its own.
 The generator here is the stand-in (``generator_standin.py``, a real gRPC server process with
 the runtime's telemetry interceptor) rather than Ray Serve, whose start-up alone would take
 most of this test's budget; the Serve ingress continuing the caller's trace into the model
-replica is tested without Ray in ``services/generator/tests/test_app_unit.py``.
+replica is tested without Ray in ``services/generator/tests/test_app_unit.py``. The services
+run with authentication on, as in production: the gateway with a keys file, the embedder and
+the retriever with a service credential the gateway sends.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import threading
@@ -27,6 +30,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from ragfleet.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from ragfleet_gateway.auth import Role, add_key, new_key
 
 from .test_gateway_failover import _free_port, _wait_serving
 
@@ -81,6 +85,7 @@ class Collector(trace_service_pb2_grpc.TraceServiceServicer):
 class Fleet:
     collector: Collector
     gateway: str
+    key: str
     metrics: dict[str, int]
 
 
@@ -93,12 +98,17 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     receiver.start()
     ports = {name: _free_port() for name in ("embedder", "retriever", "gateway", "generator")}
     metrics = {name: _free_port() for name in ("embedder", "retriever", "gateway")}
+    auth = tmp_path_factory.mktemp("auth")
+    key, entry = new_key("default", frozenset({Role.QUERY, Role.INGEST}))
+    add_key(auth / "api_keys.json", entry)
+    (auth / "service_credential").write_text(secrets.token_urlsafe(32))
     env = {
         **os.environ,
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}",
         "OTEL_BSP_SCHEDULE_DELAY": "100",
         "RAGFLEET_RETRIEVER_DATA_DIR": str(tmp_path_factory.mktemp("index")),
         "RAGFLEET_GATEWAY_REST_PORT": "0",
+        "RAGFLEET_GATEWAY_API_KEYS_FILE": str(auth / "api_keys.json"),
         "RAGFLEET_GATEWAY_EMBEDDER_ADDRESS": f"127.0.0.1:{ports['embedder']}",
         "RAGFLEET_GATEWAY_RETRIEVER_ADDRESS": f"127.0.0.1:{ports['retriever']}",
         "RAGFLEET_GATEWAY_GENERATOR_ADDRESS": f"127.0.0.1:{ports['generator']}",
@@ -109,6 +119,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             f"{prefix}PORT": str(ports[name]),
             f"{prefix}METRICS_PORT": str(metrics[name]),
             f"{prefix}GRACE_PERIOD_S": "0",
+            f"{prefix}SERVICE_CREDENTIAL_FILE": str(auth / "service_credential"),
         }
     standin = [
         sys.executable, str(STANDIN), "--port", str(ports["generator"]),
@@ -129,7 +140,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         ):
             proc = procs[["embedder", "retriever", "gateway"].index(name)]
             _wait_serving(f"127.0.0.1:{ports[name]}", service, proc, limit_s)
-        yield Fleet(collector, f"127.0.0.1:{ports['gateway']}", metrics)
+        yield Fleet(collector, f"127.0.0.1:{ports['gateway']}", key, metrics)
     finally:
         for proc in procs:
             proc.terminate()
@@ -141,7 +152,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         receiver.stop(0)
 
 
-def _ask(gateway: str) -> gateway_pb2.Answer:
+def _ask(gateway: str, key: str) -> gateway_pb2.Answer:
+    metadata = (("authorization", f"Bearer {key}"),)
     with grpc.insecure_channel(gateway) as channel:
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         document = gateway_pb2.Document(
@@ -150,9 +162,9 @@ def _ask(gateway: str) -> gateway_pb2.Answer:
             text="# Operations\n\n## Shutdown\n\nOn SIGTERM each service flips its health to "
             "NOT_SERVING and drains in-flight calls for the grace period of five seconds.",
         )
-        stub.Ingest(gateway_pb2.IngestRequest(documents=[document]), timeout=60)
+        stub.Ingest(gateway_pb2.IngestRequest(documents=[document]), timeout=60, metadata=metadata)
         question = gateway_pb2.AskRequest(question="What does a service do on SIGTERM?")
-        events = list(stub.Ask(question, timeout=60))
+        events = list(stub.Ask(question, timeout=60, metadata=metadata))
     answers = [e.answer for e in events if e.WhichOneof("event") == "answer"]
     assert answers, events
     return answers[0]
@@ -173,7 +185,7 @@ def _trace_of_ask(collector: Collector, limit_s: float = 20.0) -> list[ReceivedS
 
 
 def test_one_ask_is_one_trace_across_all_four_services(fleet: Fleet) -> None:
-    answer = _ask(fleet.gateway)
+    answer = _ask(fleet.gateway, fleet.key)
     assert answer.text
     trace = _trace_of_ask(fleet.collector)
     server = 2  # SPAN_KIND_SERVER in OTLP
@@ -211,7 +223,7 @@ def _metric(text: str, name: str, **labels: str) -> float:
 
 
 def test_every_service_serves_its_request_counters(fleet: Fleet) -> None:
-    _ask(fleet.gateway)
+    _ask(fleet.gateway, fleet.key)
     scraped = {
         name: httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
         for name, port in fleet.metrics.items()
