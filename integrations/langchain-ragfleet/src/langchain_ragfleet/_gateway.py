@@ -1,20 +1,29 @@
 """A typed client of the gateway's Retrieve and Ask, in the manner of ``ragfleet.clients``:
-every call takes a ``Deadline``; failures become domain errors naming the gateway; Retrieve is
-retried on UNAVAILABLE (idempotent), the streaming Ask never."""
+every call takes a ``Deadline`` and carries the API key (``authorization: Bearer`` metadata);
+failures become domain errors naming the gateway; Retrieve is retried on UNAVAILABLE
+(idempotent), the streaming Ask never."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Self
 
 import grpc
+from langchain_core.utils import secret_from_env
+from pydantic import SecretStr
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from ragfleet.clients import DEFAULT_ATTEMPTS
 from ragfleet.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from ragfleet.runtime.channels import Deadline, insecure_channel
 from ragfleet.runtime.errors import from_rpc_error
+
+API_KEY_ENV = "RAGFLEET_API_KEY"
+
+default_api_key: Callable[[], SecretStr | None] = secret_from_env(API_KEY_ENV, default=None)
+"""``RAGFLEET_API_KEY`` (the key ``ragfleet up`` prints, or one of ``ragfleet keys create``),
+else None."""
 
 
 def _is_unavailable(exc: BaseException) -> bool:
@@ -29,9 +38,13 @@ class GatewayClient:
         self._attempts = attempts
 
     @classmethod
-    def connect(cls, address: str, attempts: int = DEFAULT_ATTEMPTS) -> Self:
-        """A client on a channel of its own (no I/O until the first call)."""
-        return cls(insecure_channel(address), address, attempts)
+    def connect(
+        cls, address: str, attempts: int = DEFAULT_ATTEMPTS, api_key: SecretStr | None = None
+    ) -> Self:
+        """A client on a channel of its own (no I/O until the first call) whose every call
+        carries ``api_key``."""
+        token = None if api_key is None else api_key.get_secret_value()
+        return cls(insecure_channel(address, token), address, attempts)
 
     async def retrieve(
         self, request: gateway_pb2.RetrieveRequest, deadline: Deadline

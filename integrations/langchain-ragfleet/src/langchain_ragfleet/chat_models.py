@@ -20,10 +20,10 @@ from langchain_core.messages import (
 )
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import ConfigDict, Field, PrivateAttr
+from pydantic import ConfigDict, Field, PrivateAttr, SecretStr
 
 from langchain_ragfleet._connection import Connection
-from langchain_ragfleet._gateway import GatewayClient
+from langchain_ragfleet._gateway import API_KEY_ENV, GatewayClient, default_api_key
 from langchain_ragfleet.retrievers import gateway_address, retrieval_options
 from ragfleet.common.v1 import common_pb2
 from ragfleet.gateway.v1 import gateway_pb2
@@ -221,7 +221,8 @@ class ChatRagfleet(BaseChatModel):
     says the streamed text includes the discarded start (``invoke`` returns only the final
     answer). ``stop`` is applied here, to the answer's text; ``model`` (per call too) picks the
     first model of the gateway's chain; ``k``, ``mode``, ``tenant``, ``metadata_filter`` and
-    ``rerank`` are the retrieval options of ``RagfleetRetriever``.
+    ``rerank`` are the retrieval options of ``RagfleetRetriever``. ``api_key`` (default
+    ``RAGFLEET_API_KEY``) is sent with every call; its role must include query.
 
         chat = ChatRagfleet(address="127.0.0.1:50050")
         reply = chat.invoke("How does the gateway shut down?")
@@ -231,6 +232,9 @@ class ChatRagfleet(BaseChatModel):
     model_config = ConfigDict(populate_by_name=True)
 
     address: str = Field(default_factory=gateway_address)
+    api_key: SecretStr | None = Field(
+        default_factory=default_api_key, description="the gateway's API key; default from env"
+    )
     model_name: str = Field(
         default="", alias="model", description="the chain's first model; empty: the gateway's"
     )
@@ -250,9 +254,13 @@ class ChatRagfleet(BaseChatModel):
 
     _connection: Connection[GatewayClient] = PrivateAttr()
 
+    @property
+    def lc_secrets(self) -> dict[str, str]:
+        return {"api_key": API_KEY_ENV}
+
     def model_post_init(self, context: Any, /) -> None:
-        address, attempts = self.address, self.max_retries + 1
-        self._connection = Connection(lambda: GatewayClient.connect(address, attempts))
+        address, attempts, api_key = self.address, self.max_retries + 1, self.api_key
+        self._connection = Connection(lambda: GatewayClient.connect(address, attempts, api_key))
 
     @property
     def _llm_type(self) -> str:

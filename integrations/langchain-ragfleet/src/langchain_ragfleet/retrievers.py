@@ -12,10 +12,11 @@ from langchain_core.callbacks import (
 )
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, SecretStr
 
 from langchain_ragfleet._connection import Connection
-from langchain_ragfleet._gateway import GatewayClient
+from langchain_ragfleet._gateway import API_KEY_ENV, GatewayClient, default_api_key
+from ragfleet.clients import DEFAULT_ATTEMPTS
 from ragfleet.common.v1 import common_pb2
 from ragfleet.domain import SearchMode, search_mode_to_proto
 from ragfleet.gateway.v1 import gateway_pb2
@@ -78,12 +79,17 @@ class RagfleetRetriever(BaseRetriever):
     ``rerank`` asks for the embedder's cross-encoder (unset: the gateway's default). ``k`` may
     also be given per call: ``retriever.invoke("query", k=3)``. Errors are ragfleet's domain
     errors (``InvalidInput`` for a bad option, ``Unavailable``...), naming the gateway.
+    ``api_key`` (default ``RAGFLEET_API_KEY``) is sent with every call; its role must include
+    query, and an empty ``tenant`` is the key's.
 
         retriever = RagfleetRetriever(address="127.0.0.1:50050", k=4)
         docs = retriever.invoke("How does the gateway shut down?")
     """
 
     address: str = Field(default_factory=gateway_address)
+    api_key: SecretStr | None = Field(
+        default_factory=default_api_key, description="the gateway's API key; default from env"
+    )
     k: int | None = Field(default=None, ge=1)
     mode: Literal["lexical", "dense", "hybrid"] | None = None
     tenant: str = ""
@@ -93,9 +99,15 @@ class RagfleetRetriever(BaseRetriever):
 
     _connection: Connection[GatewayClient] = PrivateAttr()
 
+    @property
+    def lc_secrets(self) -> dict[str, str]:
+        return {"api_key": API_KEY_ENV}
+
     def model_post_init(self, context: Any, /) -> None:
-        address = self.address
-        self._connection = Connection(lambda: GatewayClient.connect(address))
+        address, api_key = self.address, self.api_key
+        self._connection = Connection(
+            lambda: GatewayClient.connect(address, DEFAULT_ATTEMPTS, api_key)
+        )
 
     def _request(self, query: str, k: int | None) -> gateway_pb2.RetrieveRequest:
         return gateway_pb2.RetrieveRequest(

@@ -6,13 +6,19 @@ which the model-override tests pick). A small corpus is ingested through the gat
 
 Only features the services do not offer are switched off, through the suites' own properties:
 tool calling, structured output, JSON mode, image/audio/PDF inputs. The gateway's relevance
-threshold is off so that every Ask reaches a model (a greeting is not about the corpus)."""
+threshold is off so that every Ask reaches a model (a greeting is not about the corpus).
+
+The fleet runs with authentication on, as ``ragfleet up`` starts it: the gateway with a keys file,
+the embedder, the retriever and the gateway with a service credential. The suites pass the key
+and the credential as parameters; the other tests get them from ``RAGFLEET_API_KEY`` and
+``RAGFLEET_EMBEDDER_SERVICE_CREDENTIAL``, set for this module."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -36,6 +42,8 @@ from ray import serve
 
 from langchain_ragfleet import ChatRagfleet, RagfleetEmbeddings, RagfleetRetriever
 from ragfleet.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from ragfleet.runtime.errors import Unauthenticated
+from ragfleet_gateway.auth import Role, add_key, new_key
 from ragfleet_generator.app import deploy
 from ragfleet_generator.settings import GeneratorSettings
 
@@ -83,6 +91,8 @@ def _wait_serving(
 class Fleet:
     gateway: str
     embedder: str
+    api_key: str
+    service_credential: str
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +100,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     work = tmp_path_factory.mktemp("fleet")
     ports = {name: _free_port() for name in ("embedder", "retriever", "generator", "gateway")}
     address = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
+    key, entry = new_key("default", frozenset({Role.QUERY, Role.INGEST}))
+    add_key(work / "api_keys.json", entry)
+    credential = secrets.token_urlsafe(32)
+    (work / "service_credential").write_text(credential)
     env = {
         **os.environ,
         "RAGFLEET_EMBEDDER_PORT": str(ports["embedder"]),
@@ -106,6 +120,11 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         "RAGFLEET_GATEWAY_MIN_DENSE_SCORE": "-1",
         "RAGFLEET_GATEWAY_INGEST_MANIFEST_PATH": str(work / "manifest.sqlite"),
         "RAGFLEET_GATEWAY_GRACE_PERIOD_S": "0",
+        "RAGFLEET_GATEWAY_API_KEYS_FILE": str(work / "api_keys.json"),
+        **{
+            f"RAGFLEET_{name}_SERVICE_CREDENTIAL_FILE": str(work / "service_credential")
+            for name in ("EMBEDDER", "RETRIEVER", "GATEWAY")
+        },
     }
     procs: dict[str, subprocess.Popen[bytes]] = {}
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -140,9 +159,13 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                     ]
                 ),
                 timeout=120,
+                metadata=(("authorization", f"Bearer {key}"),),
             )
         assert reply.chunks >= len(CORPUS)
-        yield Fleet(gateway=address["gateway"], embedder=address["embedder"])
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("RAGFLEET_API_KEY", key)
+            patch.setenv("RAGFLEET_EMBEDDER_SERVICE_CREDENTIAL", credential)
+            yield Fleet(address["gateway"], address["embedder"], key, credential)
     finally:
         for proc in procs.values():
             if proc.poll() is None:
@@ -174,7 +197,7 @@ class TestRagfleetRetriever(_LiveFleet, RetrieversIntegrationTests):
 
     @property
     def retriever_constructor_params(self) -> dict[str, Any]:
-        return {"address": self.fleet.gateway}
+        return {"address": self.fleet.gateway, "api_key": self.fleet.api_key}
 
     @property
     def retriever_query_example(self) -> str:
@@ -188,7 +211,10 @@ class TestRagfleetEmbeddings(_LiveFleet, EmbeddingsIntegrationTests):
 
     @property
     def embedding_model_params(self) -> dict[str, Any]:
-        return {"address": self.fleet.embedder}
+        return {
+            "address": self.fleet.embedder,
+            "service_credential": self.fleet.service_credential,
+        }
 
 
 class TestChatRagfleet(_LiveFleet, ChatModelIntegrationTests):
@@ -198,7 +224,7 @@ class TestChatRagfleet(_LiveFleet, ChatModelIntegrationTests):
 
     @property
     def chat_model_params(self) -> dict[str, Any]:
-        return {"address": self.fleet.gateway}
+        return {"address": self.fleet.gateway, "api_key": self.fleet.api_key}
 
     # Features the gateway's Ask does not offer.
     @property
@@ -314,3 +340,16 @@ def test_query_and_passage_embeddings_come_from_the_embedder(fleet: Fleet) -> No
     query = embeddings.embed_query("Which library keeps the vectors?")
     scores = [sum(q * p for q, p in zip(query, v, strict=True)) for v in passages]
     assert max(range(len(scores)), key=scores.__getitem__) == list(CORPUS).index("index.md")
+
+
+def test_every_class_sends_its_key_or_credential(fleet: Fleet) -> None:
+    """Without the key (or the credential) the same calls are refused: the classes above
+    succeed because they send them."""
+    with pytest.raises(Unauthenticated, match="API key"):
+        RagfleetRetriever(address=fleet.gateway, api_key=None).invoke("tantivy")
+    with pytest.raises(Unauthenticated, match="not valid"):
+        ChatRagfleet(address=fleet.gateway, api_key="rfk_000000000000_wrong").invoke("tantivy")
+    with pytest.raises(Unauthenticated, match="service credential"):
+        RagfleetEmbeddings(address=fleet.embedder, service_credential=None).embed_query("x")
+    assert RagfleetRetriever(address=fleet.gateway, k=1).invoke("tantivy postings")
+    assert len(RagfleetEmbeddings(address=fleet.embedder).embed_query("tantivy")) == 384

@@ -25,9 +25,15 @@ class TestRagfleetEmbeddingsUnit(EmbeddingsUnitTests):
     @property
     def init_from_env_params(self) -> tuple[dict[str, str], dict[str, Any], dict[str, Any]]:
         return (
-            {"RAGFLEET_EMBEDDER_ADDRESS": "embedder.internal:50051"},
+            {
+                "RAGFLEET_EMBEDDER_ADDRESS": "embedder.internal:50051",
+                "RAGFLEET_EMBEDDER_SERVICE_CREDENTIAL": "fleet-credential",
+            },
             {},
-            {"address": "embedder.internal:50051"},
+            {
+                "address": "embedder.internal:50051",
+                "service_credential": "fleet-credential",
+            },
         )
 
 
@@ -43,9 +49,12 @@ class TestChatRagfleetUnit(ChatModelUnitTests):
     @property
     def init_from_env_params(self) -> tuple[dict[str, str], dict[str, Any], dict[str, Any]]:
         return (
-            {"RAGFLEET_GATEWAY_ADDRESS": "gateway.internal:50050"},
+            {
+                "RAGFLEET_GATEWAY_ADDRESS": "gateway.internal:50050",
+                "RAGFLEET_API_KEY": "rfk_0123456789ab_secret",
+            },
             {},
-            {"address": "gateway.internal:50050"},
+            {"address": "gateway.internal:50050", "api_key": "rfk_0123456789ab_secret"},
         )
 
     # Features the gateway's Ask does not offer.
