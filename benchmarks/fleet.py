@@ -5,6 +5,8 @@ answer), time to first token and total time through the gateway.
 
 Brings a fleet up on free ports under a temporary home (with its own index, so the bundled docs
 are ingested), asks every question, writes a Markdown report, and brings the fleet down again.
+The asks send the key the CLI would: ``--api-key``, else ``RAGFLEET_API_KEY``, else the one
+``ragfleet up`` made in the temporary home.
 Not a timed test: it prints numbers.
 
     .venv/bin/python benchmarks/fleet.py --report /tmp/fleet.md
@@ -26,6 +28,7 @@ from pathlib import Path
 
 from ragfleet.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from ragfleet.runtime.channels import insecure_channel
+from ragfleet_tools.cli.fleet import Fleet, FleetSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 RAGFLEET = str(Path(sys.executable).parent / "ragfleet")
@@ -92,8 +95,8 @@ def memory(home: Path) -> dict[str, float]:
     return result
 
 
-async def ask(address: str, question: DocsQuestion) -> dict[str, float | str]:
-    async with insecure_channel(address) as channel:
+async def ask(address: str, key: str | None, question: DocsQuestion) -> dict[str, float | str]:
+    async with insecure_channel(address, key) as channel:
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         start = time.perf_counter()
         first = None
@@ -134,6 +137,9 @@ async def ask(address: str, question: DocsQuestion) -> dict[str, float | str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--report", type=Path, default=None)
+    parser.add_argument(
+        "--api-key", default="", help="default: RAGFLEET_API_KEY, else the fleet's own"
+    )
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="ragfleet-bench-"))
     env = {**os.environ, "RAGFLEET_HOME": str(home)}
@@ -166,7 +172,8 @@ def main() -> None:
         )
         ingest_s = time.perf_counter() - start
         address = f"127.0.0.1:{env['RAGFLEET_GATEWAY_PORT']}"
-        asks = [asyncio.run(ask(address, q)) for q in load()]
+        key = args.api_key or Fleet(FleetSettings(home=home)).api_key()
+        asks = [asyncio.run(ask(address, key, q)) for q in load()]
         mem = memory(home)
     finally:
         subprocess.run([RAGFLEET, "down"], cwd=ROOT, env=env, capture_output=True, check=False)

@@ -10,8 +10,9 @@ profits from llama.cpp's cache of the prompt before it.
 
 Gateway TTFT is measured from the client: nothing is subtracted. The time to the ``sources``
 event (retrieval, included in that TTFT) is reported on its own. Tokens/s is counted by the
-client from the streamed deltas after the first one. Not a timed test: it prints numbers and
-writes a Markdown report.
+client from the streamed deltas after the first one. The gateway's calls send the key the CLI
+would: ``--api-key``, else ``RAGFLEET_API_KEY``, else the one ``ragfleet up`` made in the
+temporary home. Not a timed test: it prints numbers and writes a Markdown report.
 
     .venv/bin/python benchmarks/gateway_generation.py --questions 6 --report /tmp/gen.md
 """
@@ -38,6 +39,7 @@ from ragfleet.runtime.channels import insecure_channel
 from ragfleet_gateway.domain import Source
 from ragfleet_gateway.prompt import PromptBuilder
 from ragfleet_gateway.settings import GatewaySettings
+from ragfleet_tools.cli.fleet import Fleet, FleetSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 RAGFLEET = str(Path(sys.executable).parent / "ragfleet")
@@ -159,14 +161,18 @@ def schedule(count: int) -> list[tuple[bool, int]]:
 
 
 async def measure(
-    gateway_address: str, generator_address: str, questions: list[str], max_tokens: int
+    gateway_address: str,
+    api_key: str | None,
+    generator_address: str,
+    questions: list[str],
+    max_tokens: int,
 ) -> tuple[list[Sample], list[Sample]]:
     settings = GatewaySettings()
     builder = PromptBuilder(
         settings.user_prompt_template(), settings.system_prompt, settings.source_max_chars
     )
     async with (
-        insecure_channel(gateway_address) as g_channel,
+        insecure_channel(gateway_address, api_key) as g_channel,
         insecure_channel(generator_address) as r_channel,
     ):
         g_stub: gateway_pb2_grpc.GatewayServiceAsyncStub = gateway_pb2_grpc.GatewayServiceStub(
@@ -232,6 +238,9 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=6)
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--report", type=Path, default=None)
+    parser.add_argument(
+        "--api-key", default="", help="default: RAGFLEET_API_KEY, else the fleet's own"
+    )
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="ragfleet-bench-"))
     env = {**os.environ, "RAGFLEET_HOME": str(home)}
@@ -260,6 +269,7 @@ def main() -> None:
         gateway, direct = asyncio.run(
             measure(
                 f"127.0.0.1:{env['RAGFLEET_GATEWAY_PORT']}",
+                args.api_key or Fleet(FleetSettings(home=home)).api_key(),
                 f"127.0.0.1:{env['RAGFLEET_GENERATOR_PORT']}",
                 questions,
                 args.max_tokens,

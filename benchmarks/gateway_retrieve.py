@@ -16,7 +16,9 @@ checkout (a git worktree of the older commit) through ``--checkout`` or ``--pyth
 folders go first on the children's PYTHONPATH, ahead of the venv's editable install. The script
 prints where the children import ``ragfleet`` and each service from, and refuses to run when a
 module does not come from the folders given. The client (this process) only uses the generated
-gRPC stubs, not the code under test. ``--hits-out`` saves each query's hit ids and
+gRPC stubs, not the code under test, and this checkout's ``ragfleet_gateway.auth`` to make the
+API key it sends (the gateway gets the key's keys file; a checkout from before API keys gets
+none and ignores the key). ``--hits-out`` saves each query's hit ids and
 ``--compare-hits`` checks a run against such a file (same ids in the same order).
 
 Inherited ``RAGFLEET_*`` variables are not passed on, so both runs see the same settings; give
@@ -63,6 +65,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ragfleet.common.v1 import common_pb2
 from ragfleet.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from ragfleet.runtime.channels import insecure_channel
+from ragfleet_gateway.auth import Role, add_key, new_key
 
 ROOT = Path(__file__).resolve().parents[1]
 SCIFACT = ROOT.parent / "shared" / "datasets" / "scifact"
@@ -172,6 +176,19 @@ def imported_from(python: str, env: dict[str, str]) -> dict[str, str]:
         raise RuntimeError(f"{python} cannot import the services:\n{out.stderr[-3000:]}")
     files: dict[str, str] = json.loads(out.stdout.strip().splitlines()[-1])
     return files
+
+
+def gateway_takes_keys(python: str, env: dict[str, str]) -> bool:
+    """Whether the children's gateway has API keys (``api_keys_file``): a checkout from before
+    them would refuse the setting."""
+    code = (
+        "from ragfleet_gateway.settings import GatewaySettings\n"
+        "print('api_keys_file' in GatewaySettings.model_fields)\n"
+    )
+    out = subprocess.run(
+        [python, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True
+    )
+    return out.stdout.strip().splitlines()[-1] == "True"
 
 
 def git_describe(path: Path) -> str:
@@ -598,6 +615,13 @@ async def benchmark(args: argparse.Namespace, fleet: Fleet, tmp: Path) -> int:
         values = {f"{prefix}{k}": v for k, v in {**common, **own}.items()}
         return {**values, **{k: v for k, v in extra.items() if k.startswith(prefix)}}
 
+    keys: dict[str, str] = {}
+    key = None
+    if gateway_takes_keys(args.python, env):
+        key, entry = new_key("default", frozenset({Role.QUERY, Role.INGEST}), "benchmark")
+        add_key(tmp / "api_keys.json", entry)
+        keys["API_KEYS_FILE"] = str(tmp / "api_keys.json")
+
     fleet.env = env
     began = time.monotonic()
     fleet.start("embedder", service("embedder", {"PORT": str(ports["embedder"])}))
@@ -617,6 +641,7 @@ async def benchmark(args: argparse.Namespace, fleet: Fleet, tmp: Path) -> int:
                 # Nothing listens there: Retrieve never calls the generator.
                 "GENERATOR_ADDRESS": f"{host}:{ports['generator']}",
                 "INGEST_MANIFEST_PATH": str(tmp / "ingest" / "manifest.sqlite"),
+                **keys,
             },
         ),
     )
@@ -626,7 +651,7 @@ async def benchmark(args: argparse.Namespace, fleet: Fleet, tmp: Path) -> int:
     startup_s = time.monotonic() - began
 
     runs: list[Run] = []
-    async with grpc.aio.insecure_channel(addresses["gateway"]) as channel:
+    async with insecure_channel(addresses["gateway"], key) as channel:
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         print(f"ingesting {len(documents)} documents")
         chunks, ingest_s = await ingest(stub, documents, args.ingest_batch)
