@@ -4,7 +4,9 @@ Run as its own process so a test can SIGKILL or SIGSTOP it:
 ``python generator_standin.py --port P --mode ok --token-delay 0.1 --calls-file F``.
 Modes: ``ok`` streams ``--tokens`` canned words then a final message; ``hang`` accepts the call
 and never answers; ``unavailable`` / ``invalid`` abort every call with UNAVAILABLE /
-INVALID_ARGUMENT. Every Generate call appends its model name to ``--calls-file``. Prints
+INVALID_ARGUMENT. Every Generate call appends its model name to ``--calls-file``; a call the
+client cancels (or whose deadline runs out) appends ``<unix time> <tokens sent>`` to
+``--calls-file`` with the suffix ``.cancelled`` as it notices, i.e. as it stops. Prints
 ``READY`` once it listens. Its RPCs are traced and measured like a service's (the runtime's
 telemetry interceptor), so a trace through it reaches the generator's place in the fleet.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -48,11 +51,18 @@ class StandInGenerator(generator_pb2_grpc.GeneratorServiceServicer):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "max_tokens: must be between 1 and 8"
             )
-        if self._mode == "hang":
-            await asyncio.sleep(3600)
-        for token in self._tokens:
-            await asyncio.sleep(self._delay_s)
-            yield generator_pb2.GenerateResponse(token=generator_pb2.TokenDelta(text=token))
+        sent = 0
+        try:
+            if self._mode == "hang":
+                await asyncio.sleep(3600)
+            for token in self._tokens:
+                await asyncio.sleep(self._delay_s)
+                yield generator_pb2.GenerateResponse(token=generator_pb2.TokenDelta(text=token))
+                sent += 1
+        except asyncio.CancelledError:
+            with self._calls.with_suffix(".cancelled").open("a") as cancelled:
+                cancelled.write(f"{time.time()} {sent}\n")
+            raise
         yield generator_pb2.GenerateResponse(
             done=generator_pb2.GenerationDone(
                 model=request.model or self._name,

@@ -7,6 +7,7 @@ its deadline, and the answer says which models were tried and what happened to t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -20,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ragfleet.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from ragfleet.runtime.channels import insecure_channel
 from ragfleet_gateway.settings import GatewaySettings
-from ragfleet_gateway.wiring import build_gateway
+from ragfleet_gateway.wiring import Gateway, build_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -125,6 +127,12 @@ class StandIn:
     def calls(self) -> list[str]:
         return self.calls_file.read_text().split() if self.calls_file.exists() else []
 
+    def cancellations(self) -> list[tuple[float, int]]:
+        """(unix time, tokens sent) of each call the stand-in saw cancelled, as it stopped."""
+        path = self.calls_file.with_suffix(".cancelled")
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [(float(at), int(sent)) for at, sent in (line.split() for line in lines)]
+
 
 @pytest.fixture
 def standins(tmp_path: Path) -> Iterator[Callable[..., StandIn]]:
@@ -164,10 +172,11 @@ def standins(tmp_path: Path) -> Iterator[Callable[..., StandIn]]:
 
 
 @contextlib.asynccontextmanager
-async def gateway(
+async def gateway_service(
     backends: Backends, chain: list[StandIn | tuple[str, str]], **overrides: Any
-) -> AsyncIterator[gateway_pb2_grpc.GatewayServiceAsyncStub]:
-    """The gateway with ``chain`` as its fallback chain (stand-ins, or (name, address) pairs)."""
+) -> AsyncIterator[Gateway]:
+    """The started gateway with ``chain`` as its fallback chain (stand-ins, or (name, address)
+    pairs)."""
     links = [
         {"name": link.name, "address": link.address}
         if isinstance(link, StandIn)
@@ -189,10 +198,21 @@ async def gateway(
     service = build_gateway(settings)
     await service.start()
     try:
-        async with insecure_channel(f"127.0.0.1:{service.grpc.port}") as channel:
-            yield gateway_pb2_grpc.GatewayServiceStub(channel)
+        yield service
     finally:
         await service.stop()
+
+
+@contextlib.asynccontextmanager
+async def gateway(
+    backends: Backends, chain: list[StandIn | tuple[str, str]], **overrides: Any
+) -> AsyncIterator[gateway_pb2_grpc.GatewayServiceAsyncStub]:
+    """A client of ``gateway_service(backends, chain, **overrides)``."""
+    async with (
+        gateway_service(backends, chain, **overrides) as service,
+        insecure_channel(f"127.0.0.1:{service.grpc.port}") as channel,
+    ):
+        yield gateway_pb2_grpc.GatewayServiceStub(channel)
 
 
 @pytest.fixture(scope="module")
@@ -439,3 +459,95 @@ async def test_embedder_hung_then_dead_gives_lexical_only_answers(
             assert sources[0].hit.chunk.source == "docs/operations.md"
             assert all(s.hit.dense_rank == 0 for s in sources)
             assert elapsed < DEADLINE_S
+
+
+# --- cancellation: a client that goes away stops the generation it caused ---------------
+QUESTION = "What happens on SIGTERM?"
+# The stand-in would stream for 20 s; each client gives up after about a second.
+LONG_ANSWER = {"tokens": 400, "delay_s": 0.05}
+STREAM_BEFORE_GIVING_UP_S = 1.0
+STOP_BOUND_S = 1.0
+
+
+async def _stream_then_cancel_grpc(service: Gateway) -> float:
+    async with insecure_channel(f"127.0.0.1:{service.grpc.port}") as channel:
+        call = gateway_pb2_grpc.GatewayServiceStub(channel).Ask(
+            gateway_pb2.AskRequest(question=QUESTION), timeout=60
+        )
+        start = time.monotonic()
+        async for _ in call:
+            if time.monotonic() - start >= STREAM_BEFORE_GIVING_UP_S:
+                break
+        call.cancel()
+        return time.time()
+
+
+async def _stream_until_deadline_grpc(service: Gateway) -> float:
+    deadline = time.time() + 2.0
+    async with insecure_channel(f"127.0.0.1:{service.grpc.port}") as channel:
+        call = gateway_pb2_grpc.GatewayServiceStub(channel).Ask(
+            gateway_pb2.AskRequest(question=QUESTION), timeout=2.0
+        )
+        # The gateway keeps answer_reserve_s of the deadline for a retrieval-only answer, so
+        # the call may end with that answer or with DEADLINE_EXCEEDED.
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            async for _ in call:
+                pass
+    return deadline
+
+
+async def _stream_then_close_sse(service: Gateway, path: str, body: dict[str, Any]) -> float:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.rest.port}") as http:
+        async with http.stream("POST", path, json=body, timeout=60) as response:
+            assert response.status_code == 200
+            start = time.monotonic()
+            async for _ in response.aiter_lines():
+                if time.monotonic() - start >= STREAM_BEFORE_GIVING_UP_S:
+                    break
+        # Leaving the block before the stream ended closed the connection.
+        return time.time()
+
+
+async def _stream_then_close_ask_sse(service: Gateway) -> float:
+    return await _stream_then_close_sse(service, "/v1/ask", {"question": QUESTION, "stream": True})
+
+
+async def _stream_then_close_openai(service: Gateway) -> float:
+    body = {
+        "model": "primary",
+        "messages": [{"role": "user", "content": QUESTION}],
+        "stream": True,
+    }
+    return await _stream_then_close_sse(service, "/v1/chat/completions", body)
+
+
+GIVE_UP: dict[str, Callable[[Gateway], Any]] = {
+    "grpc-cancel": _stream_then_cancel_grpc,
+    "grpc-deadline": _stream_until_deadline_grpc,
+    "rest-sse-closed": _stream_then_close_ask_sse,
+    "openai-stream-closed": _stream_then_close_openai,
+}
+
+
+async def _generation_stop(standin: StandIn, within_s: float) -> tuple[float, int]:
+    end = time.monotonic() + within_s
+    while not standin.cancellations():
+        assert time.monotonic() < end, f"{standin.name} still streams {within_s} s later"
+        await asyncio.sleep(0.02)
+    (stop,) = standin.cancellations()
+    return stop
+
+
+@pytest.mark.parametrize("door", list(GIVE_UP))
+async def test_a_client_that_goes_away_stops_the_generation(
+    backends: Backends, ingested: None, standins: Callable[..., StandIn], door: str
+) -> None:
+    """gRPC cancel, a run-out deadline, a closed SSE connection on /v1/ask and on the
+    OpenAI-compatible route: the generator's call is cancelled within ``STOP_BOUND_S``."""
+    primary = standins("primary", **LONG_ANSWER)
+    async with gateway_service(backends, [primary], first_token_timeout_s=5.0) as service:
+        gave_up = await GIVE_UP[door](service)
+        stopped, sent = await _generation_stop(primary, within_s=10.0)
+    print(f"{door}: generation stopped {stopped - gave_up:.3f} s after the client gave up")
+    assert stopped - gave_up < STOP_BOUND_S
+    assert sent < LONG_ANSWER["tokens"] // 4

@@ -26,7 +26,6 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute, APIRouter
-from fastapi.sse import EventSourceResponse
 
 from ragfleet.domain import ChatMessage, TokenEvent
 from ragfleet.runtime.channels import Deadline
@@ -356,6 +355,6 @@ def add_openai_routes(app: FastAPI, pipeline: RagPipeline, auth: Authenticator) 
 
         # Retrieval runs before the first event: its failures still get a proper status.
         first = await anext(events)
-        return EventSourceResponse(_chunks(first, events, chunk, include_usage))
+        return sse.EventStream(_chunks(first, events, chunk, include_usage))
 
     app.include_router(router)

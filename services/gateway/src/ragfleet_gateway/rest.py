@@ -22,7 +22,6 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ragfleet.domain import TokenEvent
@@ -122,7 +121,7 @@ def _add_query_routes(app: FastAPI, pipeline: RagPipeline, auth: Authenticator) 
         if body.stream:
             # Retrieval runs before the first event: its failures still get a proper status.
             first = await anext(events)
-            return EventSourceResponse(_stream(first, events))
+            return sse.EventStream(_stream(first, events))
         return AskOut.of(await collect(events))
 
     @app.post("/v1/retrieve", response_model=RetrieveOut, responses=_ERRORS)

@@ -1,18 +1,37 @@
 """Server-Sent Events as the REST bridge writes them, for ``POST /v1/ask`` and the
-OpenAI-compatible ``POST /v1/chat/completions``: ``message`` frames one event, ``reported``
-turns a failure after streaming began into the error the stream ends with."""
+OpenAI-compatible ``POST /v1/chat/completions``: ``EventStream`` sends them, ``message`` frames
+one event, ``reported`` turns a failure after streaming began into the error the stream ends
+with."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from fastapi.sse import EventSourceResponse
 from pydantic import BaseModel
+from starlette.types import Receive, Scope, Send
 
 from ragfleet.runtime.errors import RagfleetError
 from ragfleet.runtime.logging import get_logger
 
 log = get_logger(__name__)
+
+
+class EventStream(EventSourceResponse):
+    """A ``text/event-stream`` response that closes its body generator as soon as the response
+    ends, a client's disconnect included, so the upstream calls behind it (the generation) are
+    cancelled at once. Starlette answers a disconnect by cancelling the task that streams; when
+    that task was sending rather than reading the body, the body generator stays suspended at
+    its ``yield``, its upstream calls still running, until it is garbage-collected."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
 
 def message(data: BaseModel | dict[str, Any] | str, event: str = "") -> bytes:
