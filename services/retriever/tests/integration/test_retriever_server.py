@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ragfleet.clients import RetrieverClient
 from ragfleet.common.v1 import common_pb2
 from ragfleet.retriever.v1 import retriever_pb2, retriever_pb2_grpc
-from ragfleet.clients import RetrieverClient
 from ragfleet.runtime.channels import Deadline, insecure_channel
 from ragfleet.runtime.server import GrpcService
 from ragfleet_retriever.core import Retriever
