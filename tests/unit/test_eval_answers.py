@@ -1,5 +1,7 @@
-"""``ragfleet eval answers``: the answer-set reader, sampling, caching, metrics and intervals, and
-one question through a real ``RagPipeline`` over fake upstreams."""
+"""``ragfleet eval answers``: the answer-set readers (BEIR-style and ClapNQ's own files),
+stratified sampling, caching, metrics and intervals, sweep files and grids, the judge's strict
+parse and metrics, the chart, and one question through a real ``RagPipeline`` over fake
+upstreams."""
 
 from __future__ import annotations
 
@@ -24,6 +26,9 @@ from ragfleet_tools.eval.answers import (
     paired,
     score,
 )
+from ragfleet_tools.eval.judge import Judgment, parse_verdict
+from ragfleet_tools.eval.remote import remote_key
+from ragfleet_tools.eval.report import write_answers_chart
 from ragfleet_tools.eval.sweep import load_sweep
 
 pytestmark = pytest.mark.unit
@@ -72,15 +77,83 @@ def test_a_set_without_references_is_refused_naming_the_file(tmp_path: Path) -> 
         AnswerSet.load(folder, "test")
 
 
-def test_sampling_alternates_the_kinds_and_a_larger_limit_keeps_the_smaller() -> None:
-    questions = [Question(f"a{i}", "q", True, ("x",), frozenset()) for i in range(6)] + [
-        Question(f"u{i}", "q", False, (), frozenset()) for i in range(3)
-    ]
-    data = AnswerSet("t", {}, questions, "f")
-    four, eight = data.sample(4), data.sample(8)
-    assert [q.answerable for q in four] == [True, False, True, False]
-    assert eight[:4] == four
-    assert len(data.sample(None)) == 9 and data.sample(4, seed=1) != four
+def kinds(answerable: int, unanswerable: int) -> AnswerSet:
+    questions = [Question(f"a{i}", "q", True, ("x",), frozenset()) for i in range(answerable)]
+    questions += [Question(f"u{i}", "q", False, (), frozenset()) for i in range(unanswerable)]
+    return AnswerSet("t", {}, questions, "f")
+
+
+def test_sampling_keeps_the_ratio_and_a_larger_limit_keeps_the_smaller() -> None:
+    even = kinds(5, 5)
+    assert [q.answerable for q in even.sample(4)] == [True, False, True, False]
+    data = kinds(6, 3)
+    three, six, nine = data.sample(3), data.sample(6), data.sample(9)
+    assert [q.answerable for q in three] == [True, False, True]
+    assert sum(q.answerable for q in six) == 4 and six[:3] == three
+    assert sum(q.answerable for q in nine) == 6 and nine[:6] == six
+    assert data.sample(None) == nine and data.sample(3, seed=1) != three
+    assert [q.answerable for q in kinds(1, 4).sample(5)] == [False, False, True, False, False]
+
+
+def write_clapnq(folder: Path, rows: dict[str, list[dict[str, object]]]) -> Path:
+    folder.mkdir()
+    for kind, items in rows.items():
+        text = "\n".join(json.dumps(r) for r in items)
+        (folder / f"clapnq_dev_{kind}.jsonl").write_text(text)
+    return folder
+
+
+def clapnq_row(qid: str, passage: str, answer: str) -> dict[str, object]:
+    return {
+        "id": qid,
+        "input": f"question {qid}",
+        "passages": [{"title": "T", "text": passage, "sentences": [passage]}],
+        "output": [{"answer": answer, "selected_sentences": [], "meta": {}}],
+    }
+
+
+def test_clapnq_files_make_a_corpus_of_every_rows_passages(tmp_path: Path) -> None:
+    folder = write_clapnq(
+        tmp_path / "dev",
+        {
+            "answerable": [clapnq_row("a1", "Koalas eat leaves.", "Leaves."),
+                           clapnq_row("a2", "Koalas eat leaves.", "They eat leaves.")],
+            "unanswerable": [clapnq_row("u1", "Owls hunt at night.", "")],
+        },
+    )  # fmt: skip
+    data = AnswerSet.load(folder)
+    assert data.name == tmp_path.name
+    a1, a2, u1 = data.questions
+    assert (a1.answerable, a1.answers, u1.answerable, u1.gold) == (True, ("Leaves.",), False, set())
+    # A passage two questions share is one document, the judged passage of both.
+    assert len(data.corpus) == 2 and a1.gold == a2.gold
+    [gold] = a1.gold
+    assert data.corpus[gold].text == "Koalas eat leaves." and data.corpus[gold].source == gold
+    assert AnswerSet.load(folder).fingerprint == data.fingerprint
+
+
+UNANSWERABLE = [clapnq_row("u", "p", "")]
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        (
+            {"answerable": [{"id": "a", "input": "q"}], "unanswerable": UNANSWERABLE},
+            r"clapnq_dev_answerable\.jsonl line 1 is not a ClapNQ row",
+        ),
+        ({"answerable": [clapnq_row("a", "p", "x")]}, r"one \*_unanswerable\.jsonl file"),
+        (
+            {"answerable": [clapnq_row("a", "p", "")], "unanswerable": UNANSWERABLE},
+            r"no row of .*clapnq_dev_answerable\.jsonl has a reference answer",
+        ),
+    ],
+)
+def test_bad_clapnq_files_are_refused_naming_the_file(
+    tmp_path: Path, files: dict[str, list[dict[str, object]]], message: str
+) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        AnswerSet.load(write_clapnq(tmp_path / "dev", files))
 
 
 def result(qid: str, answer: str, answered: bool, cited: list[str]) -> Result:
@@ -172,8 +245,11 @@ def test_a_sweep_file_names_a_baseline_and_configurations(tmp_path: Path) -> Non
         ('[[config]]\nname = "a"\ndefault_top_kk = 3\n', "did you mean 'default_top_k'"),
         ('[[config]]\nname = "a"\ndefault_top_k = 0\n', r"config\[0\]\.default_top_k"),
         ("[[config]]\ndefault_top_k = 3\n", r"config\[0\]\.name: required"),
-        ("[baseline]\n", "has no \\[\\[config\\]\\]"),
-        ("[grid]\n", "unknown table"),
+        ("[baseline]\n", "has no \\[\\[config\\]\\] or \\[grid\\]"),
+        ("[grid]\n", "has no"),
+        ("[grid]\ndefault_top_k = 3\n", r"grid\.default_top_k: must be a non-empty list"),
+        ("[grid]\ndefault_top_kk = [3]\n", "did you mean 'default_top_k'"),
+        ("[other]\n", "unknown table"),
         ("[[config]\n", "cannot read"),
     ],
 )
@@ -184,3 +260,83 @@ def test_a_bad_sweep_file_is_refused_naming_what_to_fix(
     path.write_text(text)
     with pytest.raises(InvalidInput, match=message):
         load_sweep(path)
+
+
+def test_a_grid_expands_into_every_combination_on_top_of_the_baseline(tmp_path: Path) -> None:
+    path = tmp_path / "sweep.toml"
+    path.write_text(
+        '[baseline]\ndefault_temperature = 0.2\n\n[[config]]\nname = "three"\ndefault_top_k = 3\n\n'
+        "[grid]\ndefault_top_k = [2, 5]\ncontext_budget_chars = [1600, 2400]\n"
+    )
+    configurations = load_sweep(path)
+    assert [c.name for c in configurations] == [
+        "baseline",
+        "three",
+        "default_top_k=2 context_budget_chars=1600",
+        "default_top_k=2 context_budget_chars=2400",
+        "default_top_k=5 context_budget_chars=1600",
+        "default_top_k=5 context_budget_chars=2400",
+    ]
+    last = configurations[-1].settings
+    assert (last.default_top_k, last.context_budget_chars) == (5, 2400)
+    assert last.default_temperature == 0.2
+
+
+@pytest.mark.parametrize(
+    ("reply", "scores"),
+    [
+        ('{"faithfulness": 5, "correctness": 3}', {"faithfulness": 5, "correctness": 3}),
+        (
+            ' ```json\n{"correctness": 1, "faithfulness": 2}\n``` ',
+            {"faithfulness": 2, "correctness": 1},
+        ),
+        ('{"faithfulness": 6, "correctness": 3}', None),
+        ('{"faithfulness": 4.5, "correctness": 3}', None),
+        ('{"faithfulness": true, "correctness": 3}', None),
+        ('{"faithfulness": 4}', None),
+        ('{"faithfulness": 4, "correctness": 4, "why": "x"}', None),
+        ("Faithfulness: 4\nCorrectness: 4", None),
+        ('Sure! {"faithfulness": 4, "correctness": 4}', None),
+        ("", None),
+    ],
+)
+def test_a_verdict_parses_only_when_it_is_exactly_the_two_scores(
+    reply: str, scores: dict[str, int] | None
+) -> None:
+    assert parse_verdict(reply) == scores
+
+
+def test_the_judges_scores_and_its_unparseable_replies_are_metrics() -> None:
+    questions = [Question(q, "q", True, ("x",), frozenset()) for q in "abc"]
+    results = {q.id: result(q.id, "x", True, []) for q in questions}
+    judgments = {
+        "a": Judgment("a", {"faithfulness": 5, "correctness": 4}, "{...}"),
+        "b": Judgment("b", {"faithfulness": 3, "correctness": 2}, "{...}"),
+        "c": Judgment("c", None, "I think it is fine"),
+    }
+    metrics, per = score(questions, results, judgments)
+    by_name = {m.name: m for m in metrics}
+    assert (by_name["judge faithfulness (1-5)"].value, by_name["judge faithfulness (1-5)"].n) == (
+        4.0,
+        2,
+    )
+    assert by_name["judge correctness (1-5)"].value == 3.0
+    unparseable = by_name["judge unparseable"]
+    assert (unparseable.value, unparseable.n) == (pytest.approx(1 / 3), 3)
+    assert "judge unparseable" not in {m.name for m in score(questions, results)[0]}
+    assert per["judge unparseable"] == {"a": 0.0, "b": 0.0, "c": 1.0}
+
+
+def test_a_running_gateways_answers_are_keyed_by_label_or_address() -> None:
+    by_address = remote_key("localhost:50050", None, "f")
+    assert by_address != remote_key("other:50050", None, "f")
+    assert remote_key("localhost:50050", "top-3", "f") == remote_key("other:1", "top-3", "f")
+    assert by_address != remote_key("localhost:50050", None, "g")
+
+
+def test_the_chart_has_a_panel_per_measured_metric(tmp_path: Path) -> None:
+    questions = [Question("a", "q", True, ("x y",), frozenset({"p1"}))]
+    metrics, _ = score(questions, {"a": result("a", "x y", True, ["p1"])})
+    chart = tmp_path / "answers.png"
+    write_answers_chart([("baseline", metrics), ("other", metrics)], chart, "t")
+    assert chart.read_bytes().startswith(b"\x89PNG")

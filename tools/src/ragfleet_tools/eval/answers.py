@@ -1,12 +1,14 @@
 """``ragfleet eval answers``: the whole system's answers, scored with confidence intervals.
 
-A dataset is a BEIR-style folder whose ``queries.jsonl`` rows carry ``metadata.answers``
+A dataset is either a BEIR-style folder whose ``queries.jsonl`` rows carry ``metadata.answers``
 (reference answers) and ``metadata.answerable``, with ``qrels/<split>.tsv`` naming the passages
-that answer each answerable question (the layout of ClapNQ's ``derived/`` set). The corpus is
-ingested through the gateway's own ingestion into an index of its own (kept, keyed by the
-corpus's fingerprint), each question goes through the gateway's ``ask`` exactly as a user's does
-(``LocalFleet``), and every answer is kept in a JSONL file per configuration, so an interrupted or
-extended run resumes where it stopped.
+that answer each answerable question (the layout of ClapNQ's ``derived/`` set), or ClapNQ's own
+``dev/`` folder (``*_answerable.jsonl`` and ``*_unanswerable.jsonl``, each row with its own
+passages). The corpus is ingested through the gateway's own ingestion into an index of its own
+(kept, keyed by the corpus's fingerprint), each question goes through the gateway's ``ask``
+exactly as a user's does (``LocalFleet``, or a running gateway: ``remote``), and every answer is
+kept in a JSONL file per configuration, so an interrupted or extended run resumes where it
+stopped.
 
 Metrics, each with a bootstrap 95% confidence interval over questions:
 - answerable questions: RougeL F1 and Rouge-1 recall against the reference (the best over the
@@ -15,17 +17,18 @@ Metrics, each with a bootstrap 95% confidence interval over questions:
   faithfulness proxy), citation precision and recall against the judged passages, and the
   share wrongly refused;
 - unanswerable questions: the share declined;
-- time to the first token and to the whole answer (percentiles).
+- time to the first token and to the whole answer (percentiles);
+- with an LLM judge (``judge``): its faithfulness and correctness scores (1-5) and the share of
+  its replies that did not parse.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,8 @@ from ragfleet_gateway.domain import AnswerEvent, AskRequest, RestartEvent, Sourc
 from ragfleet_gateway.pipeline import RagPipeline
 from ragfleet_gateway.settings import GatewaySettings
 from ragfleet_tools.eval.beir import read_jsonl, read_qrels
+from ragfleet_tools.eval.cache import JsonlCache
+from ragfleet_tools.eval.judge import SCALES, Judgment
 
 BOOTSTRAP_SAMPLES = 2000
 _INGEST_BATCH = 64
@@ -65,8 +70,12 @@ class AnswerSet:
 
     @classmethod
     def load(cls, path: Path, split: str = "dev") -> AnswerSet:
-        """Raises ``InvalidInput`` naming the file when one is missing or malformed, or when no
+        """A BEIR-style folder, or ClapNQ's own files when ``path`` holds ``*_answerable.jsonl``
+        (``split`` then names the files: ``clapnq_<split>_answerable.jsonl`` if there is one).
+        Raises ``InvalidInput`` naming the file when one is missing or malformed, or when no
         question carries reference answers."""
+        if not (path / "queries.jsonl").is_file() and any(path.glob("*_answerable.jsonl")):
+            return cls.load_clapnq(path, split)
         corpus_file, queries_file = path / "corpus.jsonl", path / "queries.jsonl"
         qrels_file = path / "qrels" / f"{split}.tsv"
         for required in (corpus_file, queries_file, qrels_file):
@@ -102,10 +111,66 @@ class AnswerSet:
         name = path.resolve().parent.name if path.name == "derived" else path.resolve().name
         return cls(name, corpus, questions, hashlib.sha256(corpus_bytes).hexdigest()[:12])
 
+    @classmethod
+    def load_clapnq(cls, path: Path, split: str = "dev") -> AnswerSet:
+        """ClapNQ's own files: ``<name>_answerable.jsonl`` and ``<name>_unanswerable.jsonl``,
+        rows ``{"id", "input", "passages": [{"title", "text"}], "output": [{"answer"}]}``. The
+        corpus is the union of every row's passages (an id from each passage's title and text,
+        so a passage shared by two questions is one document); the judged passages of an
+        answerable question are its own."""
+        files = []
+        for kind in ("answerable", "unanswerable"):
+            named = path / f"clapnq_{split}_{kind}.jsonl"
+            found = [named] if named.is_file() else sorted(path.glob(f"*_{kind}.jsonl"))
+            if kind == "answerable":
+                found = [f for f in found if not f.name.endswith("_unanswerable.jsonl")]
+            if len(found) != 1:
+                raise InvalidInput(
+                    f"dataset: {path} needs exactly one *_{kind}.jsonl file (ClapNQ's layout), "
+                    f"found {len(found)}"
+                )
+            files.append(found[0])
+        corpus: dict[str, Document] = {}
+        questions = []
+        digest = hashlib.sha256()
+        for file in files:
+            raw = file.read_bytes()
+            digest.update(raw)
+            for number, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    qid, text = str(row["id"]), str(row["input"])
+                    passages = [(str(p.get("title", "")), str(p["text"])) for p in row["passages"]]
+                    outputs = row.get("output") or []
+                    answers = tuple(
+                        str(o["answer"]) for o in outputs if isinstance(o, dict) and o.get("answer")
+                    )
+                except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+                    raise InvalidInput(
+                        f"dataset: {file} line {number} is not a ClapNQ row "
+                        f'("id", "input", "passages" with "text"): {exc}'
+                    ) from None
+                gold = set()
+                for title, passage in passages:
+                    pid = "p" + hashlib.sha256(f"{title}\n{passage}".encode()).hexdigest()[:16]
+                    corpus[pid] = Document(source=pid, text=passage, title=title)
+                    gold.add(pid)
+                answerable = bool(answers)
+                questions.append(
+                    Question(qid, text, answerable, answers, frozenset(gold if answerable else ()))
+                )
+        if not any(q.answerable for q in questions):
+            raise InvalidInput(f"dataset: no row of {files[0]} has a reference answer")
+        return cls(path.resolve().parent.name, corpus, questions, digest.hexdigest()[:12])
+
     def sample(self, limit: int | None, seed: int = 0) -> list[Question]:
-        """``limit`` questions, half answerable and half not (as far as each kind goes), in a
-        fixed random order for ``seed``; all of them when ``limit`` is None. A larger limit
-        keeps the questions of a smaller one, so cached answers are reused."""
+        """``limit`` questions, stratified: every prefix of the order keeps the set's ratio of
+        answerable to unanswerable questions as closely as whole questions allow (strict
+        alternation for ClapNQ's 300 and 300), each kind in a fixed random order for ``seed``;
+        all of them when ``limit`` is None. A larger limit keeps the questions of a smaller one,
+        so cached answers are reused."""
         rng = random.Random(seed)
         kinds = [
             [q for q in self.questions if q.answerable],
@@ -113,10 +178,20 @@ class AnswerSet:
         ]
         for kind in kinds:
             rng.shuffle(kind)
-        mixed = [q for pair in zip(*kinds, strict=False) for q in pair]
-        longer = max(kinds, key=len)
-        mixed += longer[min(len(k) for k in kinds) :]
-        return mixed if limit is None else mixed[:limit]
+        total = sum(len(k) for k in kinds)
+        taken = [0, 0]
+        order: list[Question] = []
+        for position in range(1, total + 1):
+            # The kind furthest behind its share of the first `position` questions goes next
+            # (answerable first on a tie).
+            behind = [
+                len(kind) * position / total - taken[i] if taken[i] < len(kind) else -1.0
+                for i, kind in enumerate(kinds)
+            ]
+            pick = 0 if behind[0] >= behind[1] else 1
+            order.append(kinds[pick][taken[pick]])
+            taken[pick] += 1
+        return order if limit is None else order[:limit]
 
 
 @dataclass(frozen=True)
@@ -137,34 +212,75 @@ class Result:
     degraded: list[str]
 
 
+class AnswerRecorder:
+    """Times one streamed answer and turns its events into a ``Result``: the clock starts at
+    construction, the first token (or restart) event marks the time to first token."""
+
+    def __init__(self, question: Question) -> None:
+        self.question = question
+        self._start = time.perf_counter()
+        self._first_token: float | None = None
+        self._shown: list[str] = []
+        self._texts: dict[int, str] = {}
+
+    def sources(self, shown: Iterable[tuple[int, str, str]]) -> None:
+        """The passages shown, as (number, source, text)."""
+        items = list(shown)
+        self._shown = [source for _, source, _ in items]
+        self._texts = {number: text for number, _, text in items}
+
+    def token(self) -> None:
+        if self._first_token is None:
+            self._first_token = time.perf_counter()
+
+    def finish(
+        self,
+        text: str,
+        answered: bool,
+        citations: Iterable[tuple[int, str]],
+        model: str,
+        usage: tuple[int, int],
+        degraded: Iterable[str],
+    ) -> Result:
+        """The answer's ``citations`` as (number, source) and ``usage`` as (prompt tokens,
+        completion tokens)."""
+        now = time.perf_counter()
+        cited = list(citations)
+        return Result(
+            id=self.question.id,
+            answer=text,
+            answered=answered,
+            cited=[source for _, source in cited],
+            cited_text="\n".join(self._texts.get(number, "") for number, _ in cited),
+            shown=self._shown,
+            model=model,
+            ttft_ms=((self._first_token or now) - self._start) * 1000,
+            total_ms=(now - self._start) * 1000,
+            prompt_tokens=usage[0],
+            completion_tokens=usage[1],
+            degraded=list(degraded),
+        )
+
+
 async def ask(pipeline: RagPipeline, question: Question, timeout_s: float) -> Result:
     """One question through the pipeline's ``ask``, as the gRPC and REST front ends call it."""
-    start = time.perf_counter()
-    first_token: float | None = None
-    shown: list[str] = []
-    texts: dict[int, str] = {}
+    recorder = AnswerRecorder(question)
     async for event in pipeline.ask(AskRequest(question.text), Deadline.after(timeout_s)):
         if isinstance(event, SourcesEvent):
-            shown = [s.hit.chunk.source for s in event.sources]
-            texts = {s.number: s.hit.chunk.text for s in event.sources}
-        elif isinstance(event, TokenEvent | RestartEvent) and first_token is None:
-            first_token = time.perf_counter()
+            recorder.sources(
+                (s.number, s.hit.chunk.source, s.hit.chunk.text) for s in event.sources
+            )
+        elif isinstance(event, TokenEvent | RestartEvent):
+            recorder.token()
         elif isinstance(event, AnswerEvent):
             answer = event.answer
-            total = (time.perf_counter() - start) * 1000
-            return Result(
-                id=question.id,
-                answer=answer.text,
-                answered=answer.answered,
-                cited=[c.source for c in answer.citations],
-                cited_text="\n".join(texts.get(c.number, "") for c in answer.citations),
-                shown=shown,
-                model=answer.model,
-                ttft_ms=((first_token or time.perf_counter()) - start) * 1000,
-                total_ms=total,
-                prompt_tokens=answer.usage.prompt_tokens,
-                completion_tokens=answer.usage.completion_tokens,
-                degraded=list(answer.degraded_reasons),
+            return recorder.finish(
+                answer.text,
+                answer.answered,
+                ((c.number, c.source) for c in answer.citations),
+                answer.model,
+                (answer.usage.prompt_tokens, answer.usage.completion_tokens),
+                answer.degraded_reasons,
             )
     raise RuntimeError("the answer stream ended without an answer")
 
@@ -178,29 +294,15 @@ def config_key(settings: GatewaySettings, model: str, fingerprint: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-class ResultCache:
+class ResultCache(JsonlCache[Result]):
     """Answers of one configuration, one JSON line each, appended as they come."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self.results: dict[str, Result] = {}
-        if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    row = json.loads(line)
-                    self.results[row["id"]] = Result(**row)
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    # A line cut short by an interrupted run: that question is asked again.
-                    continue
+        super().__init__(path, Result)
 
-    def add(self, result: Result) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as handle:
-            # Starts on a fresh line even after a line an interrupted run cut short.
-            if handle.tell() and not self.path.read_bytes().endswith(b"\n"):
-                handle.write("\n")
-            handle.write(json.dumps(dataclasses.asdict(result)) + "\n")
-        self.results[result.id] = result
+    @property
+    def results(self) -> dict[str, Result]:
+        return self.rows
 
 
 # --- metrics -------------------------------------------------------------------------------
@@ -231,11 +333,22 @@ PerQuestion = dict[str, dict[str, float]]
 """Metric name -> question id -> value, for the questions the metric applies to."""
 
 
+JUDGE_UNPARSEABLE = "judge unparseable"
+
+
+def judge_metric(scale: str) -> str:
+    return f"judge {scale} (1-5)"
+
+
 def score(
-    questions: Sequence[Question], results: Mapping[str, Result]
+    questions: Sequence[Question],
+    results: Mapping[str, Result],
+    judgments: Mapping[str, Judgment] | None = None,
 ) -> tuple[list[Metric], PerQuestion]:
-    """Every metric with its interval, and the per-question values they came from."""
-    names = (
+    """Every metric with its interval, and the per-question values they came from. With
+    ``judgments``, the judge's mean scores over the replies that parsed, and the share that
+    did not (over the questions judged)."""
+    names = [
         "RougeL F1 vs reference",
         "Rouge-1 recall vs reference",
         "RougeL F1 vs cited passages",
@@ -243,7 +356,9 @@ def score(
         "citation recall",
         "answerable refused",
         "unanswerable declined",
-    )
+    ]
+    if judgments is not None:
+        names += [judge_metric(scale) for scale in SCALES] + [JUDGE_UNPARSEABLE]
     per: PerQuestion = {name: {} for name in names}
     for question in questions:
         qid, result = question.id, results[question.id]
@@ -262,6 +377,11 @@ def score(
             )["rougeL"].fmeasure
         if result.answered and question.gold:
             per["citation recall"][qid] = float(bool(set(result.cited) & question.gold))
+        judgment = (judgments or {}).get(qid)
+        if judgment is not None:
+            per[JUDGE_UNPARSEABLE][qid] = float(judgment.scores is None)
+            for scale, value in (judgment.scores or {}).items():
+                per[judge_metric(scale)][qid] = float(value)
     metrics = [Metric(n, *bootstrap(list(v.values())), len(v)) for n, v in per.items()]
     return metrics, per
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ragfleet.runtime.errors import InvalidInput, RagfleetError
+from ragfleet.runtime.errors import RagfleetError
 from ragfleet.runtime.logging import configure_logging
 
 eval_app = typer.Typer(help="Evaluate retrieval and answer quality offline.", no_args_is_help=True)
@@ -83,7 +82,8 @@ def answers(
         Path,
         typer.Option(
             help="a BEIR folder whose queries.jsonl rows carry metadata.answers and "
-            "metadata.answerable, with qrels/<split>.tsv (e.g. clapnq/derived)"
+            "metadata.answerable, with qrels/<split>.tsv (e.g. clapnq/derived), or ClapNQ's own "
+            "*_answerable.jsonl and *_unanswerable.jsonl (clapnq/dev)"
         ),
     ],
     split: Annotated[
@@ -92,12 +92,17 @@ def answers(
     limit: Annotated[
         int | None,
         typer.Option(
-            min=1, help="ask this many questions, half answerable and half not (default: all)"
+            min=1,
+            help="ask this many questions, answerable and unanswerable in the set's ratio "
+            "(default: all)",
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="which questions --limit picks")] = 0,
     timeout: Annotated[float, typer.Option(help="seconds per question")] = 300.0,
-    report: Annotated[Path | None, typer.Option(help="write a Markdown report here")] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(help="write a Markdown report here and a PNG chart of the metrics beside it"),
+    ] = None,
     baseline: Annotated[
         str | None,
         typer.Option(
@@ -108,100 +113,96 @@ def answers(
     sweep: Annotated[
         Path | None,
         typer.Option(
-            help="a TOML file: a [baseline] and [[config]] tables of gateway settings; every "
-            "configuration is compared with the baseline question by question"
+            help="a TOML file: a [baseline], [[config]] tables and a [grid] of gateway settings; "
+            "every configuration is compared with the baseline question by question"
         ),
     ] = None,
+    gateway: Annotated[
+        str | None,
+        typer.Option(
+            help="HOST:PORT of a running gateway to ask over gRPC instead of the in-process fleet"
+        ),
+    ] = None,
+    ingest: Annotated[
+        bool, typer.Option(help="with --gateway: ingest the corpus through it first")
+    ] = False,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="RAGFLEET_API_KEY",
+            help="with --gateway: sent as authorization: Bearer <key>",
+            show_default=False,
+        ),
+    ] = None,
+    label: Annotated[
+        str | None,
+        typer.Option(
+            help="names the configuration (with --gateway it keys the cache instead of the address)"
+        ),
+    ] = None,
+    judge_url: Annotated[
+        str | None,
+        typer.Option(help="an OpenAI-compatible endpoint (…/v1) to grade the answers"),
+    ] = None,
+    judge_model: Annotated[
+        str | None, typer.Option(help="the judge's model name at --judge-url")
+    ] = None,
+    judge_api_key: Annotated[
+        str | None,
+        typer.Option(envvar="RAGFLEET_JUDGE_API_KEY", help="the judge's key", show_default=False),
+    ] = None,
     cache_dir: Annotated[
-        Path, typer.Option(help="the corpus index and the answers are kept here")
+        Path, typer.Option(help="the corpus index, the answers and the verdicts are kept here")
     ] = DEFAULT_CACHE,
 ) -> None:
     """Answer quality of the whole system: every question through the gateway's ask, on the
-    fleet's own components in this process (RAGFLEET_<SERVICE>_* settings apply), scored
-    against reference answers and judged passages with 95% bootstrap intervals. Answers are
-    cached per question and configuration: a rerun or a larger --limit resumes."""
+    fleet's own components in this process (RAGFLEET_<SERVICE>_* settings apply) or on a running
+    gateway (--gateway), scored against reference answers and judged passages (and by an LLM
+    judge with --judge-url) with 95% bootstrap intervals. Answers and verdicts are cached per
+    question and configuration: a rerun or a larger --limit resumes."""
     import asyncio
 
-    from ragfleet_gateway.settings import GatewaySettings
-    from ragfleet_generator.settings import GeneratorSettings
-    from ragfleet_tools.eval import answers as harness
-    from ragfleet_tools.eval.local_fleet import LocalFleet
-    from ragfleet_tools.eval.sweep import Configuration, load_sweep
-
-    if sweep is not None and baseline is not None:
-        typer.secho("--sweep names its own baseline: drop --baseline", err=True, fg="red")
-        raise typer.Exit(2)
+    from ragfleet_tools.eval.answers_run import AnswersOptions, run_answers
+    from ragfleet_tools.eval.report import write_answers_chart
 
     configure_logging("WARNING", fmt="console")
 
     def progress(message: str) -> None:
         typer.echo(message, err=True)
 
-    async def run() -> str:
-        data = harness.AnswerSet.load(dataset, split)
-        questions = data.sample(limit, seed)
-        configurations = (
-            load_sweep(sweep) if sweep is not None else [Configuration("", GatewaySettings())]
-        )
-        model = GeneratorSettings().default_model
-        folder = cache_dir / "answers" / f"{data.name}-{data.fingerprint}"
-        caches = [
-            harness.ResultCache(
-                folder / f"{harness.config_key(c.settings, model, data.fingerprint)}.jsonl"
-            )
-            for c in configurations
-        ]
-        todo = sum(q.id not in cache.results for cache in caches for q in questions)
-        progress(
-            f"{data.name} {split}: {len(questions)} questions x {len(caches)} configuration(s), "
-            f"{todo} answers to make (model {model})"
-        )
-        if todo:
-            async with LocalFleet.open(folder / "index") as fleet:
-                if (await fleet.retriever.stats()).sources < len(data.corpus):
-                    await harness.ingest(fleet.pipeline, data, progress)
-                started, done = time.monotonic(), 0
-                for configuration, cache in zip(configurations, caches, strict=True):
-                    pipeline = fleet.pipeline_for(configuration.settings)
-                    for question in questions:
-                        if question.id in cache.results:
-                            continue
-                        cache.add(await harness.ask(pipeline, question, timeout))
-                        done += 1
-                        eta = (time.monotonic() - started) / done * (todo - done)
-                        progress(f"asked {done}/{todo}, about {eta / 60:.0f} min left")
-        baseline_per: harness.PerQuestion | None = None
-        if baseline is not None:
-            earlier = harness.ResultCache(folder / f"{baseline}.jsonl")
-            if not earlier.results:
-                raise InvalidInput(f"baseline: no answers of configuration {baseline} in {folder}")
-            asked = [q for q in questions if q.id in earlier.results]
-            _, baseline_per = harness.score(asked, earlier.results)
-        tables = []
-        for configuration, cache in zip(configurations, caches, strict=True):
-            results = {q.id: cache.results[q.id] for q in questions}
-            metrics, per = harness.score(questions, results)
-            differences = harness.paired(per, baseline_per) if baseline_per is not None else []
-            if sweep is not None and baseline_per is None:
-                baseline_per = per  # the sweep's own baseline comes first
-            key = cache.path.stem
-            name = f"{configuration.name} ({key})" if configuration.name else key
-            header = (
-                f"{data.name} {split}, {len(questions)} questions (seed {seed}), model {model}, "
-                f"configuration {name}" + (f", against {baseline}" if baseline else "")
-            )
-            timing = harness.latency(list(results.values()))
-            tables.append(harness.markdown(metrics, timing, header, differences))
-        return "\n".join(tables)
-
+    options = AnswersOptions(
+        dataset=dataset,
+        split=split,
+        limit=limit,
+        seed=seed,
+        timeout_s=timeout,
+        cache_dir=cache_dir,
+        baseline=baseline,
+        sweep=sweep,
+        gateway=gateway,
+        ingest=ingest,
+        api_key=api_key,
+        label=label,
+        judge_url=judge_url,
+        judge_model=judge_model,
+        judge_api_key=judge_api_key,
+    )
     try:
-        table = asyncio.run(run())
+        scored = asyncio.run(run_answers(options, progress))
     except RagfleetError as exc:
         typer.secho(exc.message, err=True, fg=typer.colors.RED)
         raise typer.Exit(2) from None
+    table = "\n".join(s.table for s in scored)
     if report is not None:
         command = shlex.join(["ragfleet", *sys.argv[1:]])
         report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(f"{table}\nCommand: `{command}`\n", encoding="utf-8")
-        progress(f"report: {report}")
+        chart = report.with_suffix(".png")
+        write_answers_chart(
+            [(s.name, s.metrics) for s in scored], chart, f"{dataset.name} {split}: answers"
+        )
+        report.write_text(
+            f"{table}\n![metrics with 95% intervals]({chart.name})\n\nCommand: `{command}`\n",
+            encoding="utf-8",
+        )
+        progress(f"report: {report} and {chart}")
     typer.echo(table, nl=False)

@@ -1,11 +1,17 @@
-"""The evaluation report: a Markdown table and a PNG bar chart of the three measures."""
+"""The evaluation reports: retrieval's Markdown table and PNG bar chart of its three measures,
+and the chart of the answer metrics with their confidence intervals."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ragfleet_tools.eval.metrics import HEADERS
 from ragfleet_tools.eval.retrieval import Evaluation
+
+if TYPE_CHECKING:
+    from ragfleet_tools.eval.answers import Metric
 
 
 def markdown_table(evaluation: Evaluation) -> str:
@@ -61,6 +67,50 @@ def write_chart(evaluation: Evaluation, path: Path) -> None:
     axes.set_xlim(0, 1.08)
     axes.set_title(f"{evaluation.dataset} {evaluation.split}: {evaluation.model}", fontsize=10)
     axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=len(HEADERS), fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def write_answers_chart(
+    configurations: Sequence[tuple[str, Sequence[Metric]]], path: Path, title: str
+) -> None:
+    """One panel per answer metric, one bar per configuration (in order) with its 95% interval
+    as error bars; metrics no configuration measured are left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [name for name, _ in configurations]
+    measured = [
+        metric.name
+        for metric in configurations[0][1]
+        if any(m.n for _, ms in configurations for m in ms if m.name == metric.name)
+    ]
+    columns = 3
+    rows = -(-len(measured) // columns)
+    figure, panels = plt.subplots(
+        rows, columns, figsize=(12, 0.6 + rows * (0.9 + 0.35 * len(names))), squeeze=False
+    )
+    for panel, metric_name in zip(panels.flat, measured, strict=False):
+        values: list[float] = []
+        errors: list[list[float]] = [[], []]
+        for _, metrics in configurations:
+            m = next(m for m in metrics if m.name == metric_name)
+            measured_here = m.n > 0 and m.value == m.value  # NaN when nothing was measured
+            values.append(m.value if measured_here else 0.0)
+            errors[0].append(m.value - m.low if measured_here else 0.0)
+            errors[1].append(m.high - m.value if measured_here else 0.0)
+        bars = panel.barh(range(len(names)), values, xerr=errors, capsize=3, color="tab:blue")
+        panel.bar_label(bars, fmt="%.2f", fontsize=7, padding=4)
+        panel.set_yticks(range(len(names)), names, fontsize=7)
+        panel.invert_yaxis()
+        panel.set_xlim(0, 5.4 if "(1-5)" in metric_name else 1.08)
+        panel.set_title(metric_name, fontsize=9)
+    for panel in list(panels.flat)[len(measured) :]:
+        panel.set_visible(False)
+    figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

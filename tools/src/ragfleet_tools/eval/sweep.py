@@ -11,11 +11,19 @@ prefix) on top of the environment's::
     [[config]]
     name = "short context"
     context_budget_chars = 1600
+
+    [grid]                # optional: every combination of these values is one more configuration
+    default_top_k = [3, 5]
+    context_budget_chars = [1600, 2400]
+
+A grid's configurations are named after their values (``default_top_k=3 context_budget_chars=
+1600``) and also start from the baseline. A file needs at least one ``[[config]]`` or a grid.
 """
 
 from __future__ import annotations
 
 import difflib
+import itertools
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -56,23 +64,44 @@ def load_sweep(path: Path) -> list[Configuration]:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise InvalidInput(f"sweep: cannot read {path}: {exc}") from None
-    unknown = set(raw) - {"baseline", "config"}
+    unknown = set(raw) - {"baseline", "config", "grid"}
     if unknown:
         raise InvalidInput(
-            f"sweep: {path}: unknown table(s) {sorted(unknown)}; use [baseline] and [[config]]"
+            f"sweep: {path}: unknown table(s) {sorted(unknown)}; use [baseline], [[config]] "
+            "and [grid]"
         )
     base = dict(raw.get("baseline") or {})
     configurations = [Configuration("baseline", _settings(f"{path}: baseline", base))]
-    entries = raw.get("config") or []
+    entries = [
+        (f"{path}: config[{index}]", dict(entry))
+        for index, entry in enumerate(raw.get("config") or [])
+    ]
+    entries += [(f"{path}: grid", entry) for entry in _grid(path, raw.get("grid") or {})]
     if not entries:
-        raise InvalidInput(f"sweep: {path} has no [[config]] to compare with the baseline")
+        raise InvalidInput(
+            f"sweep: {path} has no [[config]] or [grid] to compare with the baseline"
+        )
     names = {"baseline"}
-    for index, entry in enumerate(entries):
-        entry = dict(entry)
+    for where, entry in entries:
         name = entry.pop("name", None)
-        where = f"{path}: config[{index}]"
         if not isinstance(name, str) or not name or name in names:
             raise InvalidInput(f"{where}.name: required, and unique (not 'baseline')")
         names.add(name)
         configurations.append(Configuration(name, _settings(where, {**base, **entry})))
     return configurations
+
+
+def _grid(path: Path, grid: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The cartesian product of the grid's value lists, as configuration entries."""
+    if not grid:
+        return []
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise InvalidInput(f"sweep: {path}: grid.{key}: must be a non-empty list of values")
+    keys = list(grid)
+    entries = []
+    for combination in itertools.product(*(grid[key] for key in keys)):
+        values = dict(zip(keys, combination, strict=True))
+        name = " ".join(f"{key}={value}" for key, value in values.items())
+        entries.append({"name": name, **values})
+    return entries
