@@ -25,7 +25,9 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ragfleet.common.v1 import common_pb2
 from ragfleet.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from ragfleet.generator.v1 import generator_pb2, generator_pb2_grpc
 from ragfleet.runtime.channels import insecure_channel
 from ragfleet_gateway.settings import GatewaySettings
 from ragfleet_gateway.wiring import Gateway, build_gateway
@@ -467,12 +469,13 @@ QUESTION = "What happens on SIGTERM?"
 LONG_ANSWER = {"tokens": 400, "delay_s": 0.05}
 STREAM_BEFORE_GIVING_UP_S = 1.0
 STOP_BOUND_S = 1.0
+SERVE_APP = (("application", "generator"),)
 
 
 async def _stream_then_cancel_grpc(service: Gateway) -> float:
     async with insecure_channel(f"127.0.0.1:{service.grpc.port}") as channel:
         call = gateway_pb2_grpc.GatewayServiceStub(channel).Ask(
-            gateway_pb2.AskRequest(question=QUESTION), timeout=60
+            gateway_pb2.AskRequest(question=QUESTION, max_tokens=1000), timeout=60
         )
         start = time.monotonic()
         async for _ in call:
@@ -509,7 +512,8 @@ async def _stream_then_close_sse(service: Gateway, path: str, body: dict[str, An
 
 
 async def _stream_then_close_ask_sse(service: Gateway) -> float:
-    return await _stream_then_close_sse(service, "/v1/ask", {"question": QUESTION, "stream": True})
+    body = {"question": QUESTION, "max_tokens": 1000, "stream": True}
+    return await _stream_then_close_sse(service, "/v1/ask", body)
 
 
 async def _stream_then_close_openai(service: Gateway) -> float:
@@ -551,3 +555,31 @@ async def test_a_client_that_goes_away_stops_the_generation(
     print(f"{door}: generation stopped {stopped - gave_up:.3f} s after the client gave up")
     assert stopped - gave_up < STOP_BOUND_S
     assert sent < LONG_ANSWER["tokens"] // 4
+
+
+async def test_a_client_that_goes_away_frees_the_real_serve_replica(
+    backends: Backends, ingested: None, serve_generator: str
+) -> None:
+    """The real 0.5B model on Ray Serve behind the gateway: an Ask cancelled over gRPC, then
+    one whose SSE connection is closed, each after about a second of a 1,000-token answer;
+    the replica (one generation at a time) then answers a direct request at once."""
+    model = "qwen2.5-coder-0.5b-instruct"
+    chain: list[StandIn | tuple[str, str]] = [(model, serve_generator)]
+    async with (
+        gateway_service(backends, chain, first_token_timeout_s=45.0) as service,
+        insecure_channel(serve_generator) as channel,
+    ):
+        generator = generator_pb2_grpc.GeneratorServiceStub(channel)
+        probe = generator_pb2.GenerateRequest(
+            messages=[common_pb2.ChatMessage(role="user", content="Hi")], max_tokens=1
+        )
+        for door, give_up in (
+            ("grpc-cancel", _stream_then_cancel_grpc),
+            ("rest-sse-closed", _stream_then_close_ask_sse),
+        ):
+            gave_up = await give_up(service)
+            replies = [r async for r in generator.Generate(probe, timeout=60, metadata=SERVE_APP)]
+            freed = time.time() - gave_up
+            print(f"{door}: the Serve replica answered the next request {freed:.2f} s later")
+            assert replies[-1].WhichOneof("event") == "done"
+            assert freed < 5.0

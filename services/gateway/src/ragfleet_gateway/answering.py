@@ -3,10 +3,12 @@ through the fallback chain of models (``ragfleet_gateway.fallback``)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import replace
+from typing import Any
 
 from ragfleet.domain import GenerationParams, TokenEvent, Usage
 from ragfleet.runtime.channels import Deadline
@@ -49,6 +51,8 @@ from ragfleet_gateway.settings import GatewaySettings
 from ragfleet_gateway.validation import check_ask
 
 log = get_logger(__name__)
+# Closings scheduled by close_on_termination, referenced until they are done.
+_closing: set[asyncio.Task[None]] = set()
 
 
 def _fallback_chain(
@@ -253,3 +257,21 @@ async def collect(events: AsyncGenerator[AskEvent, None]) -> AskResult:
             elif isinstance(event, AnswerEvent):
                 return AskResult(rewrite, sources, event.answer)
     raise RagfleetError("the answer stream ended without an answer")
+
+
+def close_on_termination(events: AsyncGenerator[AskEvent, None]) -> Callable[[Any], None]:
+    """A callback for the end of the call that streams ``events`` (a gRPC context's
+    ``add_done_callback``): closes ``events`` if the call ended before they did (the client
+    cancelled, its deadline ran out), which cancels the upstream calls (the generation) at
+    once. A server that cancels the streaming task while it was sending leaves the generator
+    suspended at its ``yield``, the generation running, until it is garbage-collected."""
+
+    def close(_: Any) -> None:
+        # A finished generator needs nothing; a running one is unwound by the cancellation.
+        if getattr(events, "ag_frame", None) is None or getattr(events, "ag_running", False):
+            return
+        task = asyncio.get_running_loop().create_task(events.aclose())
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+
+    return close

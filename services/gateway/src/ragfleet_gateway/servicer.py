@@ -23,6 +23,7 @@ from ragfleet.domain import (
 from ragfleet.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from ragfleet.runtime.channels import Deadline
 from ragfleet.runtime.errors import InvalidInput
+from ragfleet_gateway.answering import close_on_termination
 from ragfleet_gateway.auth import Principal, current_principal
 from ragfleet_gateway.domain import (
     Answer,
@@ -172,7 +173,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             history=tuple(ChatMessage(m.role, m.content) for m in request.history),
         )
         deadline = deadline_of(context, self._settings.request_timeout_s)
-        async for event in self._pipeline.ask(ask, deadline):
+        events = self._pipeline.ask(ask, deadline)
+        context.add_done_callback(close_on_termination(events))  # type: ignore[arg-type]
+        async for event in events:
             yield event_to_proto(event)
 
     async def Retrieve(
