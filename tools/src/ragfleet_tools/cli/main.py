@@ -1,4 +1,4 @@
-"""``ragfleet up | down | status | ingest | ask | keys``."""
+"""``ragfleet up | down | status | ingest | ask | keys | loadtest``."""
 
 from __future__ import annotations
 
@@ -201,6 +201,41 @@ def down() -> None:
     # The gateway first, so the calls it drains can still reach the services behind it.
     for name in [*fleet.stop(["gateway"]), *fleet.stop(["embedder", "retriever", "ray"])]:
         typer.echo(f"stopped {name}")
+
+
+@app.command()
+def loadtest(
+    files: Annotated[
+        list[Path], typer.Argument(help="ghz configuration files, e.g. loadtest/*.json")
+    ],
+    host: Annotated[str | None, typer.Option(help="host:port instead of the files' host")] = None,
+    total: Annotated[int | None, typer.Option(help="calls per file instead of its total")] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="concurrent workers instead of the files' concurrency")
+    ] = None,
+    output_format: Annotated[
+        str, typer.Option("--format", help="summary (ghz's text) or json (ghz's JSON)")
+    ] = "summary",
+) -> None:
+    """Load a service as ghz would, from ghz's own configuration files; prints ghz's report.
+    ${NAME} in metadata and data is read from the environment (e.g. RAGFLEET_API_KEY)."""
+    import json
+
+    from ragfleet_tools.loadtest import run_files
+
+    if output_format not in ("summary", "json"):
+        raise _fail(f"--format: expected summary or json, got {output_format!r}", code=2)
+    try:
+        reports = run_files(files, host=host, total=total, concurrency=concurrency)
+    except RagfleetError as exc:
+        raise _fail(str(exc), code=2) from None
+    for report in reports:
+        if output_format == "json":
+            typer.echo(json.dumps(report.as_json()))
+        else:
+            typer.echo(report.summary())
+    if any(code != "OK" for report in reports for code in report.codes):
+        raise typer.Exit(1)
 
 
 @app.command()
