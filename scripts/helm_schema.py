@@ -77,12 +77,19 @@ class Chart:
         return f"RAGFLEET_{self.name.upper()}_"
 
 
+# The service credential comes from a Secret mounted into every service's pods
+# (helm/ragfleet-common/templates/_credential.tpl), never from a ConfigMap.
+_CREDENTIAL_MANAGED = {
+    "service_credential": "global.serviceCredential",
+    "service_credential_file": "global.serviceCredential",
+}
 # The keys each chart's templates always set (ragfleet-common.configmap sets host, port and
 # grace_period_s for the Deployment/StatefulSet services; generator.appEnv its own list).
 _COMMON_MANAGED = {
     "host": "0.0.0.0",
     "port": "ports.grpc",
     "grace_period_s": "gracePeriodSeconds",
+    **_CREDENTIAL_MANAGED,
 }
 CHARTS = (
     Chart(
@@ -110,6 +117,7 @@ CHARTS = (
             "app_name": "appName",
             "grace_period_s": "gracePeriodSeconds",
             "model_cache_dir": "modelCache.mountPath",
+            **_CREDENTIAL_MANAGED,
         },
         # generator.appEnv, with gpu.enabled: each gpu.vllm.<key> sets vllm_<key>.
         settings_maps=(SettingsMap("gpu.vllm", "vllm_", managed={"vllm_models": "gpu.models"}),),
@@ -124,6 +132,8 @@ CHARTS = (
             "retriever_address": "upstreams.retriever",
             "generator_address": "upstreams.generator",
             "generator_application": "upstreams.generator.application",
+            "api_keys_file": "auth.apiKeysSecret",
+            "auth_disabled": "auth.disabled",
         },
     ),
 )

@@ -21,3 +21,50 @@ generator_application: {{ .Values.upstreams.generator.application }}
   port: {{ .Values.ports.http }}
   appProtocol: http
 {{- end -}}
+
+{{/*
+The API keys file, from auth.apiKeysSecret, mounted as a directory (not a subPath) so that
+Kubernetes replaces it in place when the Secret changes and the gateway re-reads it. Without a
+Secret the gateway refuses to start, so the chart refuses to render, unless auth.disabled.
+*/}}
+{{- define "gateway.apiKeysDir" -}}
+/etc/ragfleet/api-keys
+{{- end -}}
+
+{{- define "gateway.authEnv" -}}
+{{- $auth := .Values.auth -}}
+{{- if $auth.disabled -}}
+{{- if $auth.apiKeysSecret.name -}}
+{{- fail "gateway: auth.disabled=true and auth.apiKeysSecret.name are both set; set one" -}}
+{{- end -}}
+- name: RAGFLEET_GATEWAY_AUTH_DISABLED
+  value: "true"
+{{- else if $auth.apiKeysSecret.name -}}
+- name: RAGFLEET_GATEWAY_API_KEYS_FILE
+  value: {{ printf "%s/%s" (include "gateway.apiKeysDir" .) $auth.apiKeysSecret.key }}
+{{- else -}}
+{{- fail "gateway: no API keys: set auth.apiKeysSecret.name to a Secret holding the keys file made by `ragfleet keys create` (its key: auth.apiKeysSecret.key), or auth.disabled=true for experiments only (every caller may then use every tenant); the gateway does not start with neither" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "gateway.authVolumes" -}}
+{{- with .Values.auth.apiKeysSecret }}
+{{- if .name }}
+- name: api-keys
+  secret:
+    secretName: {{ .name }}
+    items:
+      - key: {{ .key }}
+        path: {{ .key }}
+    defaultMode: 0444
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "gateway.authVolumeMounts" -}}
+{{- if .Values.auth.apiKeysSecret.name }}
+- name: api-keys
+  mountPath: {{ include "gateway.apiKeysDir" . }}
+  readOnly: true
+{{- end }}
+{{- end -}}

@@ -147,10 +147,12 @@ spec:
       volumeMounts:
         - name: model-cache
           mountPath: {{ $v.modelCache.mountPath }}
+        {{- include "ragfleet-common.serviceCredentialVolumeMounts" $root | nindent 8 }}
   volumes:
     - name: model-cache
       emptyDir:
         sizeLimit: {{ $v.modelCache.sizeLimit }}
+    {{- include "ragfleet-common.serviceCredentialVolumes" $root | nindent 4 }}
 {{- end -}}
 
 {{/* Image of the GPU workers: the non-empty gpu.image fields over image. */}}
@@ -164,10 +166,14 @@ spec:
 {{- include "ragfleet-common.image" (dict "Values" (dict "image" $image "global" .Values.global) "Chart" .Chart) -}}
 {{- end -}}
 
-{{/* Environment of the Ray containers: caches on the model-cache volume, then extraEnv. */}}
+{{/*
+Environment of the Ray containers: caches on the model-cache volume, the service credential's
+file (Ray's worker processes, the Serve replicas among them, inherit it), then extraEnv.
+*/}}
 {{- define "generator.rayEnv" -}}
 - name: HF_HOME
   value: {{ printf "%s/huggingface" .Values.modelCache.mountPath }}
+{{ include "ragfleet-common.serviceCredentialEnv" (dict "root" . "envPrefix" "RAGFLEET_GENERATOR_") }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}

@@ -9,6 +9,9 @@ dict:
   extraPorts   more container ports: list of {name, port}
   env          more container env entries (list), e.g. secretKeyRef values
   envFrom      more envFrom entries (list)
+  volumes      more pod volumes (list), e.g. a mounted Secret
+  volumeMounts more container volume mounts (list)
+Every workload mounts the fleet's service credential (ragfleet-common.serviceCredential*).
 */}}
 {{- define "ragfleet-common.workload" -}}
 {{- $root := .root -}}
@@ -90,10 +93,9 @@ spec:
             {{- with concat (default list .envFrom) $v.extraEnvFrom }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
-          {{- with concat (default list .env) $v.extraEnv }}
+          {{- $credentialEnv := include "ragfleet-common.serviceCredentialEnv" (dict "root" $root "envPrefix" .envPrefix) | fromYamlArray }}
           env:
-            {{- toYaml . | nindent 12 }}
-          {{- end }}
+            {{- toYaml (concat $credentialEnv (default list .env) $v.extraEnv) | nindent 12 }}
           {{- include "ragfleet-common.grpcProbes" (dict "root" $root "port" $v.ports.grpc) | trim | nindent 10 }}
           resources:
             {{- toYaml $v.resources | nindent 12 }}
@@ -103,6 +105,10 @@ spec:
             # The root filesystem is read-only; /tmp is the one scratch directory.
             - name: tmp
               mountPath: /tmp
+            {{- include "ragfleet-common.serviceCredentialVolumeMounts" $root | nindent 12 }}
+            {{- with .volumeMounts }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
             {{- if $stateful }}
             - name: data
               mountPath: {{ $v.persistence.mountPath }}
@@ -114,6 +120,10 @@ spec:
         - name: tmp
           emptyDir:
             sizeLimit: {{ $v.tmpSizeLimit }}
+        {{- include "ragfleet-common.serviceCredentialVolumes" $root | nindent 8 }}
+        {{- with .volumes }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
         {{- if and $stateful (not $v.persistence.enabled) }}
         - name: data
           emptyDir: {}
