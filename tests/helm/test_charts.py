@@ -9,6 +9,7 @@ helm comes from .venv/bin/helm (scripts/install_helm.sh, run by make install) or
 
 from __future__ import annotations
 
+import base64
 import importlib
 import importlib.util
 import os
@@ -33,12 +34,27 @@ SERVICE_CHARTS = ("embedder", "retriever", "generator", "gateway")
 CHARTS = ("ragfleet-common", *SERVICE_CHARTS, "ragfleet")
 RELEASE = "rag"
 GRPC_PORTS = {"gateway": 50050, "embedder": 50051, "retriever": 50052, "generator": 50053}
+# A chart needs the fleet's service credential and the gateway its API keys; the umbrella chart
+# creates the credential, and a service chart installed on its own is given an existing Secret.
+API_KEYS_SECRET = "ragfleet-api-keys"
+CHART_VALUES = {
+    "ragfleet": (f"gateway.auth.apiKeysSecret.name={API_KEYS_SECRET}",),
+    "gateway": (
+        f"auth.apiKeysSecret.name={API_KEYS_SECRET}",
+        "global.serviceCredential.existingSecret=fleet-credential",
+    ),
+    **{
+        c: ("global.serviceCredential.existingSecret=fleet-credential",) for c in SERVICE_CHARTS[:3]
+    },
+}
+CREDENTIAL_DIR = "/etc/ragfleet/service-credential"
 # The oldest Kubernetes the charts target (native gRPC probes are GA since 1.27) and the newest
 # schema kubernetes-validate ships.
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 
 Manifest = dict[str, Any]
 Render = Callable[..., list[Manifest]]
+Refusal = Callable[..., str]
 
 
 def _helm_binary() -> str:
@@ -96,10 +112,25 @@ def charts(
 def render(helm: Callable[..., subprocess.CompletedProcess[str]], charts: Path) -> Render:
     def run(*set_values: str, chart: str = "ragfleet") -> list[Manifest]:
         args = ["template", RELEASE, str(charts / chart), "--namespace", "ragfleet"]
-        for value in set_values:
+        for value in (*CHART_VALUES[chart], *set_values):
             args += ["--set", value]
         documents = yaml.safe_load_all(helm(*args).stdout)
         return [doc for doc in documents if doc]
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def refusal(helm: Callable[..., subprocess.CompletedProcess[str]], charts: Path) -> Refusal:
+    """helm template's error message for values that a chart must refuse to render; unlike
+    render, the chart's usual values (CHART_VALUES) are left out."""
+
+    def run(*set_values: str, chart: str = "ragfleet") -> str:
+        args = ["template", RELEASE, str(charts / chart)]
+        args += [arg for value in set_values for arg in ("--set", value)]
+        result = helm(*args, check=False)
+        assert result.returncode != 0, f"helm template {chart} {set_values} rendered"
+        return result.stderr
 
     return run
 
@@ -141,12 +172,21 @@ def ray_pod_templates(rayservice: Manifest) -> Iterator[Manifest]:
         yield group["template"]
 
 
-def all_pod_specs(objects: list[Manifest]) -> Iterator[dict[str, Any]]:
+def pods_by_service(objects: list[Manifest]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(service, pod spec) of every workload and of every Ray node of the generator."""
     for workload in workloads(objects):
-        yield workload["spec"]["template"]["spec"]
+        yield (
+            workload["metadata"]["name"].removeprefix(f"{RELEASE}-"),
+            workload["spec"]["template"]["spec"],
+        )
     for rayservice in (o for o in objects if o["kind"] == "RayService"):
         for template in ray_pod_templates(rayservice):
-            yield template["spec"]
+            yield "generator", template["spec"]
+
+
+def all_pod_specs(objects: list[Manifest]) -> Iterator[dict[str, Any]]:
+    for _, spec in pods_by_service(objects):
+        yield spec
 
 
 def config_env(objects: list[Manifest], service: str) -> dict[str, str]:
@@ -164,7 +204,8 @@ def serve_config(objects: list[Manifest]) -> dict[str, Any]:
 def test_chart_lints_clean(
     helm: Callable[..., subprocess.CompletedProcess[str]], charts: Path, chart: str
 ) -> None:
-    result = helm("lint", "--strict", str(charts / chart))
+    values = [arg for value in CHART_VALUES.get(chart, ()) for arg in ("--set", value)]
+    result = helm("lint", "--strict", str(charts / chart), *values)
     assert "0 chart(s) failed" in result.stdout
 
 
@@ -315,6 +356,7 @@ def test_production_switches_backends_and_adds_gpus(production_objects: list[Man
     secret_env = {
         e["name"]: e["valueFrom"]["secretKeyRef"]
         for e in retriever["spec"]["template"]["spec"]["containers"][0]["env"]
+        if "valueFrom" in e
     }
     assert secret_env["RAGFLEET_RETRIEVER_OPENSEARCH_PASSWORD"] == {
         "name": "opensearch-credentials",
@@ -354,19 +396,9 @@ def test_services_can_be_turned_off(render: Render) -> None:
     assert config_env(objects, "gateway")["RAGFLEET_GATEWAY_GENERATOR_ADDRESS"] == "llm:50053"
 
 
-def test_embedded_index_refuses_more_than_one_replica(
-    helm: Callable[..., subprocess.CompletedProcess[str]], charts: Path
-) -> None:
-    result = helm(
-        "template",
-        RELEASE,
-        str(charts / "ragfleet"),
-        "--set",
-        "retriever.replicaCount=2",
-        check=False,
-    )
-    assert result.returncode != 0
-    assert "backend=embedded keeps the index in one pod's volume" in result.stderr
+def test_embedded_index_refuses_more_than_one_replica(refusal: Refusal) -> None:
+    error = refusal("retriever.replicaCount=2", *CHART_VALUES["ragfleet"])
+    assert "backend=embedded keeps the index in one pod's volume" in error
 
 
 def _validation_targets(objects: list[Manifest]) -> Iterator[Manifest]:
@@ -452,19 +484,20 @@ def test_schema_check_names_the_stale_chart(tmp_path: Path) -> None:
         ("retriever", "settings.vector_dtype=f16", "vector_dtype"),
         ("generator", "gpu.vllm.dtyp=half", "dtyp"),
         ("ragfleet", "gateway.settings.log_level=LOUD", "log_level"),
+        # Credentials and keys come from Secrets (global.serviceCredential, gateway auth), never
+        # from a ConfigMap.
+        ("embedder", "settings.service_credential=hunter2", "service_credential"),
+        ("generator", "settings.service_credential_file=/x", "service_credential_file"),
+        ("gateway", "settings.api_keys_file=/x", "api_keys_file"),
+        ("gateway", "settings.auth_disabled=true", "auth_disabled"),
     ],
 )
 def test_schema_refuses_a_wrong_setting(
-    helm: Callable[..., subprocess.CompletedProcess[str]],
-    charts: Path,
-    chart: str,
-    override: str,
-    offender: str,
+    refusal: Refusal, chart: str, override: str, offender: str
 ) -> None:
-    result = helm("template", RELEASE, str(charts / chart), "--set", override, check=False)
-    assert result.returncode != 0
-    assert "schema" in result.stderr
-    assert offender in result.stderr
+    error = refusal(override, chart=chart)
+    assert "schema" in error
+    assert offender in error
 
 
 def test_schema_takes_settings_written_as_strings(
@@ -478,6 +511,7 @@ def test_schema_takes_settings_written_as_strings(
         "reranker_allow_download": "yes",
     }
     args = ["template", RELEASE, str(charts / "embedder")]
+    args += [arg for value in CHART_VALUES["embedder"] for arg in ("--set", value)]
     for key, value in strings.items():
         args += ["--set-string", f"settings.{key}={value}"]
     objects = [doc for doc in yaml.safe_load_all(helm(*args).stdout) if doc]
@@ -544,3 +578,149 @@ def test_service_monitors_are_optional(render: Render) -> None:
     assert config_env(off, "gateway")["RAGFLEET_GATEWAY_METRICS_PORT"] == "0"
     ports = find(off, "Service", f"{RELEASE}-gateway")["spec"]["ports"]
     assert "metrics" not in [p["name"] for p in ports]
+
+
+# --- authentication: the service credential and the gateway's API keys ------------------------
+
+
+def secret_volumes(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v["secret"] for v in spec["volumes"] if "secret" in v}
+
+
+def mounts(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {m["name"]: m for m in container.get("volumeMounts", [])}
+
+
+def plain_env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+@pytest.mark.parametrize("objects_fixture", ["default_objects", "production_objects"])
+def test_every_pod_mounts_the_service_credential(
+    request: pytest.FixtureRequest, objects_fixture: str
+) -> None:
+    objects: list[Manifest] = request.getfixturevalue(objects_fixture)
+    pods = list(pods_by_service(objects))
+    assert {service for service, _ in pods} == set(SERVICE_CHARTS)
+    for service, spec in pods:
+        assert secret_volumes(spec)["service-credential"] == {
+            "secretName": f"{RELEASE}-service-credential",
+            "items": [{"key": "credential", "path": "credential"}],
+            "defaultMode": 0o444,
+        }, service
+        (container,) = spec["containers"]
+        mount = mounts(container)["service-credential"]
+        assert mount == {
+            "name": "service-credential",
+            "mountPath": CREDENTIAL_DIR,
+            "readOnly": True,
+        }
+        assert "subPath" not in mount
+        variable = f"RAGFLEET_{service.upper()}_SERVICE_CREDENTIAL_FILE"
+        assert plain_env(container)[variable] == f"{CREDENTIAL_DIR}/credential", service
+
+
+def test_the_release_creates_one_random_service_credential(
+    default_objects: list[Manifest], render: Render
+) -> None:
+    (secret,) = [o for o in default_objects if o["kind"] == "Secret"]
+    assert secret["metadata"]["name"] == f"{RELEASE}-service-credential"
+    value = base64.b64decode(secret["data"]["credential"]).decode()
+    assert re.fullmatch(r"[A-Za-z0-9]{48}", value)
+    (again,) = [o for o in render() if o["kind"] == "Secret"]
+    # No cluster to look the Secret up in: every render draws a new value (an upgrade keeps it).
+    assert again["data"]["credential"] != secret["data"]["credential"]
+
+
+def test_an_existing_service_credential_secret_is_used_as_it_is(render: Render) -> None:
+    objects = render(
+        "global.serviceCredential.existingSecret=fleet-credential",
+        "global.serviceCredential.key=token",
+    )
+    assert not [o for o in objects if o["kind"] == "Secret"]
+    for service, spec in pods_by_service(objects):
+        volume = secret_volumes(spec)["service-credential"]
+        assert volume["secretName"] == "fleet-credential"
+        assert volume["items"] == [{"key": "token", "path": "token"}]
+        variable = f"RAGFLEET_{service.upper()}_SERVICE_CREDENTIAL_FILE"
+        assert plain_env(spec["containers"][0])[variable] == f"{CREDENTIAL_DIR}/token"
+
+
+@pytest.mark.parametrize("chart", SERVICE_CHARTS)
+def test_a_service_chart_alone_needs_an_existing_credential_secret(
+    refusal: Refusal, render: Render, chart: str
+) -> None:
+    keys = (f"auth.apiKeysSecret.name={API_KEYS_SECRET}",) if chart == "gateway" else ()
+    error = refusal(*keys, chart=chart)
+    assert "the fleet's service credential is not configured" in error
+    assert "global.serviceCredential.existingSecret" in error
+
+    objects = render(chart=chart)
+    assert not [o for o in objects if o["kind"] == "Secret"]
+    pods = list(pods_by_service(objects))
+    assert pods
+    for service, spec in pods:
+        assert service == chart
+        assert secret_volumes(spec)["service-credential"]["secretName"] == "fleet-credential"
+
+
+@pytest.mark.parametrize(
+    ("chart", "override"),
+    [
+        ("ragfleet", "gateway.auth.apiKeysSecret.key=keys.yaml"),
+        ("gateway", "auth.apiKeysSecret.key=keys.yaml"),
+    ],
+)
+def test_gateway_reads_its_api_keys_from_the_secret(
+    render: Render, chart: str, override: str
+) -> None:
+    objects = render(override, chart=chart)
+    spec = find(objects, "Deployment", f"{RELEASE}-gateway")["spec"]["template"]["spec"]
+    assert secret_volumes(spec)["api-keys"] == {
+        "secretName": API_KEYS_SECRET,
+        "items": [{"key": "keys.yaml", "path": "keys.yaml"}],
+        "defaultMode": 0o444,
+    }
+    (container,) = spec["containers"]
+    # A directory, not a subPath: Kubernetes then updates the file in place when the Secret
+    # changes, and the gateway re-reads it.
+    assert mounts(container)["api-keys"] == {
+        "name": "api-keys",
+        "mountPath": "/etc/ragfleet/api-keys",
+        "readOnly": True,
+    }
+    env = plain_env(container)
+    assert env["RAGFLEET_GATEWAY_API_KEYS_FILE"] == "/etc/ragfleet/api-keys/keys.yaml"
+    assert "RAGFLEET_GATEWAY_AUTH_DISABLED" not in env
+    assert "API_KEYS" not in yaml.safe_dump(config_env(objects, "gateway"))
+
+
+@pytest.mark.parametrize(
+    ("chart", "values"),
+    [
+        ("ragfleet", ()),
+        ("gateway", ("global.serviceCredential.existingSecret=fleet-credential",)),
+    ],
+)
+def test_gateway_without_api_keys_does_not_render(
+    refusal: Refusal, chart: str, values: tuple[str, ...]
+) -> None:
+    error = refusal(*values, chart=chart)
+    assert "gateway: no API keys: set auth.apiKeysSecret.name" in error
+    assert "auth.disabled=true for experiments only" in error
+
+
+def test_gateway_auth_can_be_disabled_for_experiments(render: Render) -> None:
+    objects = render("gateway.auth.apiKeysSecret.name=", "gateway.auth.disabled=true")
+    spec = find(objects, "Deployment", f"{RELEASE}-gateway")["spec"]["template"]["spec"]
+    assert "api-keys" not in secret_volumes(spec)
+    env = plain_env(spec["containers"][0])
+    assert env["RAGFLEET_GATEWAY_AUTH_DISABLED"] == "true"
+    assert "RAGFLEET_GATEWAY_API_KEYS_FILE" not in env
+    # The internal services still require the service credential.
+    assert "service-credential" in secret_volumes(spec)
+
+
+def test_gateway_refuses_both_api_keys_and_auth_disabled(refusal: Refusal) -> None:
+    error = refusal(*CHART_VALUES["ragfleet"], "gateway.auth.disabled=true")
+    assert "auth.disabled=true and auth.apiKeysSecret.name are both set" in error
