@@ -70,7 +70,9 @@ class DeleteRequest(_message.Message):
     FILTER_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     source: _builtins.str
-    """Only with a filter: delete chunks whose source equals this value."""
+    """Only with a filter: delete chunks whose source equals this value. With a source the filter's
+    tenant is exact: an empty tenant deletes only the source's chunks that have no tenant.
+    """
     @_builtins.property
     def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
