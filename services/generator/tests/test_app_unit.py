@@ -21,7 +21,7 @@ from ray.exceptions import RayTaskError
 from ragfleet.common.v1 import common_pb2
 from ragfleet.domain import Usage
 from ragfleet.generator.v1 import generator_pb2
-from ragfleet.runtime.errors import InvalidInput, NotFound
+from ragfleet.runtime.errors import InvalidInput, NotFound, Unauthenticated
 from ragfleet_generator.app import app_builder, build_app, model_deployment_name
 from ragfleet_generator.core import ModelInfo
 from ragfleet_generator.deployment import (
@@ -374,3 +374,27 @@ async def test_a_generate_call_that_goes_away_cancels_the_model_call() -> None:
     await call.aclose()  # what Serve does when the client cancels between messages
     await generate(ingress, request(), RecordingContext())
     assert [s.cancelled for s in handle.streams] == [True, False]
+
+
+async def test_with_a_service_credential_only_calls_carrying_it_are_served() -> None:
+    settings = GeneratorSettings(
+        engine=EngineKind.FAKE, health_timeout_s=0.2, service_credential="fleet-secret"
+    )
+    small = FakeHandle("small")
+    ingress = GeneratorIngress(cast(Any, {"small": small}), settings)
+    for metadata, detail in (
+        ((), "needs the fleet's service credential"),
+        ((("authorization", "Bearer wrong"),), "is not this fleet's"),
+    ):
+        context = RecordingContext(metadata)
+        with pytest.raises(Unauthenticated):
+            await generate(ingress, request(), context)
+        assert context.code() is grpc.StatusCode.UNAUTHENTICATED
+        assert context.details is not None and detail in context.details
+        with pytest.raises(Unauthenticated):
+            await ingress.ListModels(generator_pb2.ListModelsRequest(), cast(Any, context))
+    assert small.requests == []
+    allowed = RecordingContext((("authorization", "Bearer fleet-secret"),))
+    assert (await generate(ingress, request(), allowed))[-1].done.model == "small"
+    health = await ingress.Check(health_pb2.HealthCheckRequest(), cast(Any, RecordingContext()))
+    assert health.status == health_pb2.HealthCheckResponse.SERVING

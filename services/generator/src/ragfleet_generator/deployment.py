@@ -29,6 +29,7 @@ from ragfleet.domain import usage_to_proto
 from ragfleet.generator.v1 import generator_pb2
 from ragfleet.runtime.errors import NotFound, RagfleetError, Unavailable
 from ragfleet.runtime.logging import configure_logging, get_logger
+from ragfleet.runtime.server import service_credential_check
 from ragfleet.runtime.telemetry import (
     LATENCY_BUCKETS,
     MetricsEndpoint,
@@ -185,6 +186,14 @@ class GeneratorIngress:
         self._models = dict(models)
         self._default_model = next(iter(self._models))
         self._health_timeout_s = settings.health_timeout_s
+        # Serve's proxy has no interceptors: the ingress checks the service credential itself
+        # (health stays open, as on the other services).
+        credential = settings.credential()
+        self._authenticate = None if credential is None else service_credential_check(credential)
+
+    def _check_credential(self, grpc_context: RayServegRPCContext, method: str) -> None:
+        if self._authenticate is not None:
+            self._authenticate(f"/{SERVICE_NAME}/{method}", grpc_context.invocation_metadata())
 
     def _handle(self, name: str) -> tuple[str, DeploymentHandle[Any]]:
         model = name or self._default_model
@@ -213,6 +222,7 @@ class GeneratorIngress:
         with observe_rpc(f"/{SERVICE_NAME}/Generate", kind=SpanKind.SERVER, parent=parent) as rpc:
             try:
                 with grpc_status_for_errors(grpc_context, "Generate"):
+                    self._check_credential(grpc_context, "Generate")
                     domain_request = to_domain_request(request)
                     model, handle = self._handle(domain_request.model)
                     events: DeploymentResponseGenerator[GenerationEvent] = handle.options(
@@ -253,6 +263,7 @@ class GeneratorIngress:
         self, request: generator_pb2.ListModelsRequest, grpc_context: RayServegRPCContext
     ) -> generator_pb2.ListModelsResponse:
         with grpc_status_for_errors(grpc_context, "ListModels"):
+            self._check_credential(grpc_context, "ListModels")
             infos = await asyncio.gather(
                 *(self._call(name, h.info.remote()) for name, h in self._models.items())
             )

@@ -272,6 +272,7 @@ class Fleet:
             "RAGFLEET_GENERATOR_PORT": str(s.generator_port),
             "RAGFLEET_GENERATOR_HTTP_PORT": str(s.generator_http_port),
             "RAGFLEET_GENERATOR_MODEL_CACHE_DIR": str(self.home / "models"),
+            "RAGFLEET_GENERATOR_SERVICE_CREDENTIAL_FILE": str(self.service_credential_path),
         }
 
     def health_targets(self) -> dict[str, str]:
