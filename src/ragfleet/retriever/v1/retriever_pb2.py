@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from ragfleet.common.v1 import common_pb2 as ragfleet_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%ragfleet/retriever/v1/retriever.proto\x12\x15ragfleet.retriever.v1\x1a\x1fragfleet/common/v1/common.proto\":\n\rUpsertRequest\x12)\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x19.ragfleet.common.v1.Chunk\"\"\n\x0eUpsertResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x05\"X\n\rDeleteRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12*\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x1a.ragfleet.common.v1.Filter\x12\x0e\n\x06source\x18\x03 \x01(\t\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\"\xed\x01\n\rSearchRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x14\n\x0cquery_vector\x18\x02 \x03(\x02\x12,\n\x04mode\x18\x03 \x01(\x0e\x32\x1e.ragfleet.common.v1.SearchMode\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12*\n\x06\x66usion\x18\x05 \x01(\x0b\x32\x1a.ragfleet.common.v1.Fusion\x12\x13\n\x0b\x63\x61ndidate_k\x18\x06 \x01(\x05\x12*\n\x06\x66ilter\x18\x07 \x01(\x0b\x32\x1a.ragfleet.common.v1.FilterB\x08\n\x06_top_k\"\xa1\x01\n\x0eSearchResponse\x12-\n\x04hits\x18\x01 \x03(\x0b\x32\x1f.ragfleet.common.v1.ScoredChunk\x12,\n\x04mode\x18\x02 \x01(\x0e\x32\x1e.ragfleet.common.v1.SearchMode\x12\x1d\n\x10\x62\x65st_dense_score\x18\x03 \x01(\x01H\x00\x88\x01\x01\x42\x13\n\x11_best_dense_score\"\x11\n\x0fGetStatsRequest\"L\n\x05Stats\x12\x0e\n\x06\x63hunks\x18\x01 \x01(\x03\x12\x0f\n\x07sources\x18\x02 \x01(\x03\x12\x11\n\tdimension\x18\x03 \x01(\x05\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t2\xe9\x02\n\x10RetrieverService\x12U\n\x06Upsert\x12$.ragfleet.retriever.v1.UpsertRequest\x1a%.ragfleet.retriever.v1.UpsertResponse\x12U\n\x06\x44\x65lete\x12$.ragfleet.retriever.v1.DeleteRequest\x1a%.ragfleet.retriever.v1.DeleteResponse\x12U\n\x06Search\x12$.ragfleet.retriever.v1.SearchRequest\x1a%.ragfleet.retriever.v1.SearchResponse\x12P\n\x08GetStats\x12&.ragfleet.retriever.v1.GetStatsRequest\x1a\x1c.ragfleet.retriever.v1.Statsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%ragfleet/retriever/v1/retriever.proto\x12\x15ragfleet.retriever.v1\x1a\x1fragfleet/common/v1/common.proto\":\n\rUpsertRequest\x12)\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x19.ragfleet.common.v1.Chunk\"\"\n\x0eUpsertResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x05\"j\n\rDeleteRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12*\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x1a.ragfleet.common.v1.Filter\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x10\n\x08keep_ids\x18\x04 \x03(\t\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\"\xed\x01\n\rSearchRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x14\n\x0cquery_vector\x18\x02 \x03(\x02\x12,\n\x04mode\x18\x03 \x01(\x0e\x32\x1e.ragfleet.common.v1.SearchMode\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12*\n\x06\x66usion\x18\x05 \x01(\x0b\x32\x1a.ragfleet.common.v1.Fusion\x12\x13\n\x0b\x63\x61ndidate_k\x18\x06 \x01(\x05\x12*\n\x06\x66ilter\x18\x07 \x01(\x0b\x32\x1a.ragfleet.common.v1.FilterB\x08\n\x06_top_k\"\xa1\x01\n\x0eSearchResponse\x12-\n\x04hits\x18\x01 \x03(\x0b\x32\x1f.ragfleet.common.v1.ScoredChunk\x12,\n\x04mode\x18\x02 \x01(\x0e\x32\x1e.ragfleet.common.v1.SearchMode\x12\x1d\n\x10\x62\x65st_dense_score\x18\x03 \x01(\x01H\x00\x88\x01\x01\x42\x13\n\x11_best_dense_score\"\x11\n\x0fGetStatsRequest\"L\n\x05Stats\x12\x0e\n\x06\x63hunks\x18\x01 \x01(\x03\x12\x0f\n\x07sources\x18\x02 \x01(\x03\x12\x11\n\tdimension\x18\x03 \x01(\x05\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t2\xe9\x02\n\x10RetrieverService\x12U\n\x06Upsert\x12$.ragfleet.retriever.v1.UpsertRequest\x1a%.ragfleet.retriever.v1.UpsertResponse\x12U\n\x06\x44\x65lete\x12$.ragfleet.retriever.v1.DeleteRequest\x1a%.ragfleet.retriever.v1.DeleteResponse\x12U\n\x06Search\x12$.ragfleet.retriever.v1.SearchRequest\x1a%.ragfleet.retriever.v1.SearchResponse\x12P\n\x08GetStats\x12&.ragfleet.retriever.v1.GetStatsRequest\x1a\x1c.ragfleet.retriever.v1.Statsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,17 +37,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPSERTRESPONSE']._serialized_start=157
   _globals['_UPSERTRESPONSE']._serialized_end=191
   _globals['_DELETEREQUEST']._serialized_start=193
-  _globals['_DELETEREQUEST']._serialized_end=281
-  _globals['_DELETERESPONSE']._serialized_start=283
-  _globals['_DELETERESPONSE']._serialized_end=316
-  _globals['_SEARCHREQUEST']._serialized_start=319
-  _globals['_SEARCHREQUEST']._serialized_end=556
-  _globals['_SEARCHRESPONSE']._serialized_start=559
-  _globals['_SEARCHRESPONSE']._serialized_end=720
-  _globals['_GETSTATSREQUEST']._serialized_start=722
-  _globals['_GETSTATSREQUEST']._serialized_end=739
-  _globals['_STATS']._serialized_start=741
-  _globals['_STATS']._serialized_end=817
-  _globals['_RETRIEVERSERVICE']._serialized_start=820
-  _globals['_RETRIEVERSERVICE']._serialized_end=1181
+  _globals['_DELETEREQUEST']._serialized_end=299
+  _globals['_DELETERESPONSE']._serialized_start=301
+  _globals['_DELETERESPONSE']._serialized_end=334
+  _globals['_SEARCHREQUEST']._serialized_start=337
+  _globals['_SEARCHREQUEST']._serialized_end=574
+  _globals['_SEARCHRESPONSE']._serialized_start=577
+  _globals['_SEARCHRESPONSE']._serialized_end=738
+  _globals['_GETSTATSREQUEST']._serialized_start=740
+  _globals['_GETSTATSREQUEST']._serialized_end=757
+  _globals['_STATS']._serialized_start=759
+  _globals['_STATS']._serialized_end=835
+  _globals['_RETRIEVERSERVICE']._serialized_start=838
+  _globals['_RETRIEVERSERVICE']._serialized_end=1199
 # @@protoc_insertion_point(module_scope)

@@ -69,6 +69,7 @@ class DeleteRequest(_message.Message):
     IDS_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
+    KEEP_IDS_FIELD_NUMBER: _builtins.int
     source: _builtins.str
     """Only with a filter: delete chunks whose source equals this value. With a source the filter's
     tenant is exact: an empty tenant deletes only the source's chunks that have no tenant.
@@ -77,16 +78,24 @@ class DeleteRequest(_message.Message):
     def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def filter(self) -> _common_pb2.Filter: ...
+    @_builtins.property
+    def keep_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only with a filter or source: chunks with these ids are kept even when they match. Replacing
+        a source's chunks upserts the new ones first, then deletes the source with the new ids kept,
+        so the source is never empty in between. At most the retriever's max_keep_ids.
+        """
+
     def __init__(
         self,
         *,
         ids: _abc.Iterable[_builtins.str] | None = ...,
         filter: _common_pb2.Filter | None = ...,
         source: _builtins.str = ...,
+        keep_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "ids", b"ids", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "ids", b"ids", "keep_ids", b"keep_ids", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
