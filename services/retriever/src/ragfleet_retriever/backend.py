@@ -30,9 +30,17 @@ class IndexBackend(Protocol):
         """Inserts or replaces by id; durable on return. Returns the number of distinct ids."""
         ...
 
-    def delete(self, *, ids: Sequence[str] | None = None, filter: Filter = ...) -> int:
-        """Deletes chunks matching ``filter``, restricted to ``ids`` when given; returns the
-        number deleted. Refuses (``InvalidInput``) when given neither ids nor a filter."""
+    def delete(
+        self,
+        *,
+        ids: Sequence[str] | None = None,
+        filter: Filter = ...,
+        keep_ids: Sequence[str] = (),
+    ) -> int:
+        """Deletes chunks matching ``filter``, restricted to ``ids`` when given, except those
+        in ``keep_ids``, in one step: a concurrent reader sees the kept chunks throughout.
+        Returns the number deleted. Refuses (``InvalidInput``) when given neither ids nor a
+        filter."""
         ...
 
     def search_lexical(self, query: str, k: int, filter: Filter = ...) -> list[ScoredId]: ...

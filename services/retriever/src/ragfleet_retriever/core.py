@@ -195,20 +195,29 @@ class Retriever:
             return 0
         return await asyncio.to_thread(backend.upsert, chunks)
 
-    async def delete(self, ids: Sequence[str], filter: Filter) -> int:
+    async def delete(self, ids: Sequence[str], filter: Filter, keep_ids: Sequence[str] = ()) -> int:
         """Deletes by ``ids`` (at most ``max_delete_ids``), by ``filter``, or the chunks among
-        ``ids`` that match ``filter`` when both are given. Returns the number deleted."""
+        ``ids`` that match ``filter`` when both are given; with a filter, chunks whose id is in
+        ``keep_ids`` (at most ``max_keep_ids``) are kept. Returns the number deleted."""
         backend = self.backend
-        limit = self._settings.max_delete_ids
+        settings = self._settings
         if not ids and filter.is_empty:
             raise InvalidInput("ids, filter: give chunk ids or a non-empty filter or source")
-        if len(ids) > limit:
-            raise InvalidInput(f"ids: at most {limit} per request, got {len(ids)}")
-        for index, chunk_id in enumerate(ids):
-            if not chunk_id:
-                raise InvalidInput(f"ids[{index}]: must not be empty")
+        if keep_ids and filter.is_empty:
+            raise InvalidInput("keep_ids: only with a non-empty filter or source")
+        for name, values, limit in (
+            ("ids", ids, settings.max_delete_ids),
+            ("keep_ids", keep_ids, settings.max_keep_ids),
+        ):
+            if len(values) > limit:
+                raise InvalidInput(f"{name}: at most {limit} per request, got {len(values)}")
+            for index, chunk_id in enumerate(values):
+                if not chunk_id:
+                    raise InvalidInput(f"{name}[{index}]: must not be empty")
         check_metadata("filter.equals", filter.equals)
-        return await asyncio.to_thread(backend.delete, ids=list(ids) or None, filter=filter)
+        return await asyncio.to_thread(
+            backend.delete, ids=list(ids) or None, filter=filter, keep_ids=list(keep_ids)
+        )
 
     async def stats(self) -> IndexStats:
         return await asyncio.to_thread(self.backend.stats)

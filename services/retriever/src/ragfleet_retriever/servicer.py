@@ -85,7 +85,9 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         self, request: retriever_pb2.DeleteRequest, context: Context
     ) -> retriever_pb2.DeleteResponse:
         deleted = await self._core.delete(
-            list(request.ids), filter_from_proto(request.filter, request.source)
+            list(request.ids),
+            filter_from_proto(request.filter, request.source),
+            list(request.keep_ids),
         )
         return retriever_pb2.DeleteResponse(deleted=deleted)
 

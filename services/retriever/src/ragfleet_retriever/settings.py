@@ -58,7 +58,8 @@ class RetrieverSettings(ServiceSettings):
     Request limits (each violation is answered INVALID_ARGUMENT naming the field and the limit):
     ``top_k`` 1..``max_top_k`` (0 means ``default_top_k``), ``candidate_k`` 1..``max_candidate_k``
     (0 means ``default_candidate_k``), at most ``max_upsert_chunks`` chunks per Upsert, at most
-    ``max_delete_ids`` ids per Delete, queries of at most ``max_query_chars`` characters.
+    ``max_delete_ids`` ids and ``max_keep_ids`` keep_ids per Delete, queries of at most
+    ``max_query_chars`` characters.
     """
 
     model_config = SettingsConfigDict(env_prefix="RAGFLEET_RETRIEVER_", extra="ignore", frozen=True)
@@ -146,6 +147,9 @@ class RetrieverSettings(ServiceSettings):
     max_candidate_k: int = Field(default=1000, ge=1)
     max_upsert_chunks: int = Field(default=1024, ge=1)
     max_delete_ids: int = Field(default=10_000, ge=1)
+    # A replaced source keeps all its new chunk ids: the gateway's largest document (20 MiB of
+    # text, 1000-character chunks with 150 overlap) has about 25,000.
+    max_keep_ids: int = Field(default=100_000, ge=1)
     max_query_chars: int = Field(default=8192, ge=1)
     default_fusion: FusionMethod = FusionMethod.WEIGHTED
     default_dense_weight: float = Field(default=DEFAULT_DENSE_WEIGHT, ge=0.0, le=1.0)

@@ -73,6 +73,7 @@ CHUNKS = [
     Chunk(id="t4", text="text only chunk about shutdown", source="notes.md", tenant="acme"),
 ]
 WITH_VECTORS = {c.id for c in CHUNKS if c.vector}
+CHUNKS_IDS = [c.id for c in CHUNKS]
 
 
 @dataclass
@@ -235,6 +236,16 @@ def test_a_chunk_without_a_vector_is_found_by_lexical_search_only(backend: Index
         ({"filter": Filter(equals={"lang": "en"})}, {"c2", "t4"}),
         ({"ids": ["c0", "c2"], "filter": Filter(tenant="acme")}, {"c1", "c2", "c3", "t4"}),
         ({"ids": []}, {"c0", "c1", "c2", "c3", "t4"}),
+        (
+            {"filter": Filter(tenant="acme"), "keep_ids": ["t4", "c2", "missing"]},
+            {"c2", "c3", "t4"},
+        ),
+        ({"filter": Filter(equals={"lang": "en"}), "keep_ids": ["c0"]}, {"c0", "c2", "t4"}),
+        ({"ids": ["c0", "c1"], "keep_ids": ["c1"]}, {"c1", "c2", "c3", "t4"}),
+        (
+            {"ids": ["c0", "c2"], "filter": Filter(tenant="acme"), "keep_ids": ["c0"]},
+            set(CHUNKS_IDS),
+        ),
     ],
 )
 def test_delete(backend: IndexBackend, delete: dict[str, object], left: set[str]) -> None:
@@ -244,6 +255,24 @@ def test_delete(backend: IndexBackend, delete: dict[str, object], left: set[str]
     assert set(ids(backend.search_lexical("shutdown drains batches", 10))) <= left
     assert set(ids(backend.search_dense(vector(0), 10))) == left & WITH_VECTORS
     assert backend.stats().chunks == len(left)
+
+
+def test_replacing_a_source_upserts_then_prunes_what_the_new_ids_do_not_keep(
+    backend: IndexBackend,
+) -> None:
+    source = Filter(tenant="acme", source="ops.md", exact_tenant=True)
+    kept = chunk(0, CHUNKS[0].text, source="ops.md", tenant="acme", metadata={"lang": "en"})
+    new = [kept, chunk(10, "shutdown now waits for the drain", source="ops.md", tenant="acme")]
+    backend.upsert(new)
+    assert backend.delete(filter=source, keep_ids=[c.id for c in new]) == 0
+    assert set(backend.fetch(["c0", "c10"])) == {"c0", "c10"}
+    assert backend.fetch(["c0"])["c0"].metadata == {"lang": "en"}
+    # A re-ingest with fewer chunks leaves exactly the new ones (other tenants untouched).
+    backend.upsert([new[1]])
+    assert backend.delete(filter=source, keep_ids=["c10"]) == 1
+    assert {h.id for h in backend.search_lexical("shutdown", 10, source)} == {"c10"}
+    assert {h.id for h in backend.search_dense(vector(0), 10, source)} == {"c10"}
+    assert set(backend.fetch(CHUNKS_IDS)) == {"c1", "c2", "c3", "t4"}
 
 
 def test_delete_refuses_to_delete_everything(backend: IndexBackend) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -239,6 +240,22 @@ async def test_delete_needs_ids_or_filter(stub: retriever_pb2_grpc.RetrieverServ
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await stub.Delete(retriever_pb2.DeleteRequest())
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (retriever_pb2.DeleteRequest(ids=["a"], keep_ids=["a"]), "keep_ids"),
+        (retriever_pb2.DeleteRequest(source="s.md", keep_ids=["a", ""]), r"keep_ids\[1\]"),
+    ],
+)
+async def test_a_bad_keep_ids_is_invalid_argument(
+    stub: retriever_pb2_grpc.RetrieverServiceStub, request_: retriever_pb2.DeleteRequest, field: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.Delete(request_)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert re.match(field, raised.value.details() or "")
 
 
 async def test_restart_on_the_same_dir_keeps_the_data(tmp_path: Path) -> None:

@@ -33,11 +33,19 @@ class FakeBackend:
         self.chunks.update({c.id: c for c in chunks})
         return len({c.id for c in chunks})
 
-    def delete(self, *, ids: Sequence[str] | None = None, filter: Filter = MATCH_ALL) -> int:
+    def delete(
+        self,
+        *,
+        ids: Sequence[str] | None = None,
+        filter: Filter = MATCH_ALL,
+        keep_ids: Sequence[str] = (),
+    ) -> int:
         doomed = [
             c.id
             for c in self.chunks.values()
-            if (ids is None or c.id in ids) and filter.matches(c.tenant, c.source, c.metadata)
+            if (ids is None or c.id in ids)
+            and c.id not in keep_ids
+            and filter.matches(c.tenant, c.source, c.metadata)
         ]
         for chunk_id in doomed:
             del self.chunks[chunk_id]
@@ -233,6 +241,34 @@ async def test_delete_needs_ids_or_filter(core: Retriever) -> None:
         await core.delete([], Filter(equals={"a b": "x"}))
     assert await core.delete([], Filter(source="s1")) == 2
     assert (await core.stats()).chunks == 1
+
+
+async def test_delete_keeps_the_keep_ids_of_a_filter(core: Retriever) -> None:
+    s1 = [c.id for c in CHUNKS if c.source == "s1"]
+    assert await core.delete([], Filter(source="s1"), keep_ids=s1[:1]) == len(s1) - 1
+    assert (await core.stats()).chunks == len(CHUNKS) - len(s1) + 1
+
+
+@pytest.mark.parametrize(
+    ("ids", "filter", "keep_ids", "message"),
+    [
+        ([], Filter(), ["a"], r"^ids, filter: give chunk ids"),
+        (["a"], Filter(), ["a"], r"^keep_ids: only with a non-empty filter or source$"),
+        ([], Filter(source="s1"), ["a", ""], r"^keep_ids\[1\]: must not be empty$"),
+        ([], Filter(source="s1"), ["k"] * 4, r"^keep_ids: at most 3 per request, got 4$"),
+        (["a"] * 3, Filter(), [], r"^ids: at most 2 per request, got 3$"),
+    ],
+)
+async def test_delete_validates_ids_and_keep_ids_before_deleting(
+    ids: list[str], filter: Filter, keep_ids: list[str], message: str
+) -> None:
+    backend = FakeBackend()
+    retriever = Retriever(RetrieverSettings(max_delete_ids=2, max_keep_ids=3), lambda: backend)
+    await retriever.load()
+    await retriever.upsert(CHUNKS)
+    with pytest.raises(InvalidInput, match=message):
+        await retriever.delete(ids, filter, keep_ids)
+    assert len(backend.chunks) == len(CHUNKS)
 
 
 async def test_valid_metadata_keys_pass(core: Retriever) -> None:

@@ -652,6 +652,40 @@ def test_delete_by_filter_uses_delete_by_query(
     assert not [s for s in cluster.sent if s.path.endswith("/_refresh")]
 
 
+def test_delete_by_filter_keeps_the_keep_ids_with_must_not_ids_clauses(
+    backend: OpenSearchBackend, cluster: FakeCluster
+) -> None:
+    keep = [f"k{i}" for i in range(bodies.KEEP_IDS_PER_CLAUSE + 1)]
+    backend.delete(filter=Filter(tenant="acme", source="ops.md", exact_tenant=True), keep_ids=keep)
+    sent = cluster.last("/_delete_by_query")
+    assert sent.params == {"refresh": "true", "conflicts": "proceed"}
+    assert sent.body == {
+        "query": {
+            "bool": {
+                "filter": [{"term": {"tenant": "acme"}}, {"term": {"source": "ops.md"}}],
+                "must_not": [
+                    {"ids": {"values": keep[: bodies.KEEP_IDS_PER_CLAUSE]}},
+                    {"ids": {"values": keep[bodies.KEEP_IDS_PER_CLAUSE :]}},
+                ],
+            }
+        }
+    }
+
+
+def test_delete_by_ids_leaves_the_keep_ids_out_of_the_bulk(
+    backend: OpenSearchBackend, cluster: FakeCluster
+) -> None:
+    backend.upsert([CHUNK])
+    cluster.sent.clear()
+    assert backend.delete(ids=["b", "a"], keep_ids=["a", "b"]) == 0
+    assert cluster.sent == []
+    assert backend.delete(ids=["a", "b", "c"], keep_ids=["b"]) == 1
+    assert cluster.last("/_bulk").body == [
+        {"delete": {"_index": INDEX, "_id": "a"}},
+        {"delete": {"_index": INDEX, "_id": "c"}},
+    ]
+
+
 def test_delete_by_filter_refreshes_first_after_unrefreshed_writes(cluster: FakeCluster) -> None:
     backend = open_on(cluster, refresh=RefreshPolicy.FALSE)
     backend.upsert([CHUNK])

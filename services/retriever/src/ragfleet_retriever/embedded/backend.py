@@ -158,15 +158,23 @@ class EmbeddedBackend:
                 self._write(replaced, changed, [])
         return len(latest)
 
-    def delete(self, *, ids: Sequence[str] | None = None, filter: Filter = MATCH_ALL) -> int:
-        """Deletes the chunks matching ``filter`` (restricted to ``ids`` when given). Refuses
+    def delete(
+        self,
+        *,
+        ids: Sequence[str] | None = None,
+        filter: Filter = MATCH_ALL,
+        keep_ids: Sequence[str] = (),
+    ) -> int:
+        """Deletes the chunks matching ``filter`` (restricted to ``ids`` when given) except
+        those in ``keep_ids``, in one SQLite transaction followed by the index updates. Refuses
         to delete everything: give ids or a non-empty filter. Returns how many were deleted."""
         if ids is None and filter.is_empty:
             raise InvalidInput(
                 "delete: give ids or a non-empty filter (tenant, source or metadata)"
             )
+        kept = frozenset(keep_ids)
         with self._write_lock:
-            doomed = self._catalog.find(ids, filter)
+            doomed = [ref for ref in self._catalog.find(ids, filter) if ref.id not in kept]
             if doomed:
                 self._write([], [], doomed)
         return len(doomed)

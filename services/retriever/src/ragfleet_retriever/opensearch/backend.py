@@ -350,18 +350,28 @@ class OpenSearchBackend:
             )
         return len(latest)
 
-    def delete(self, *, ids: Sequence[str] | None = None, filter: Filter = MATCH_ALL) -> int:
+    def delete(
+        self,
+        *,
+        ids: Sequence[str] | None = None,
+        filter: Filter = MATCH_ALL,
+        keep_ids: Sequence[str] = (),
+    ) -> int:
         """Deletes by id (bulk deletes: exact, real-time) or by filter (``delete_by_query``,
-        restricted to ``ids`` when given). Refuses to delete everything."""
+        restricted to ``ids`` when given), except the chunks in ``keep_ids`` (a ``must_not``
+        clause: one query, so a kept chunk is never deleted, even briefly). Refuses to delete
+        everything."""
         if ids is None and filter.is_empty:
             raise InvalidInput(
                 "delete: give ids or a non-empty filter (tenant, source or metadata)"
             )
         if filter.is_empty and ids is not None:
-            if not ids:
+            kept = frozenset(keep_ids)
+            doomed = [chunk_id for chunk_id in dict.fromkeys(ids) if chunk_id not in kept]
+            if not doomed:
                 return 0
             items = self._bulk(
-                bodies.bulk_delete_actions(self._layout.index, dict.fromkeys(ids)), "bulk delete"
+                bodies.bulk_delete_actions(self._layout.index, doomed), "bulk delete"
             )
             return sum(1 for item in items if item.get("result") == "deleted")
         index = self._layout.index
@@ -374,7 +384,7 @@ class OpenSearchBackend:
         with translated_errors(self._address, f"POST /{index}/_delete_by_query"):
             response = self._client.delete_by_query(
                 index=index,
-                body=bodies.delete_by_query(ids, filter),
+                body=bodies.delete_by_query(ids, filter, keep_ids),
                 # A chunk re-upserted while the query runs keeps its newer version.
                 params={"refresh": "true", "conflicts": "proceed"},
             )

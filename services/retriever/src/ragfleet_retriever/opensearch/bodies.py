@@ -32,6 +32,8 @@ METADATA_TERMS = "metadata_terms"
 # Cardinality counts are exact (up to hash collisions) below this many distinct values and
 # approximate above; 40,000 is the largest threshold OpenSearch accepts.
 SOURCES_PRECISION_THRESHOLD = 40_000
+# Ids per must_not clause of a delete that keeps chunks: far below max_terms_count (65,536).
+KEEP_IDS_PER_CLAUSE = 10_000
 
 
 class Version(NamedTuple):
@@ -388,12 +390,23 @@ def hybrid_search(
     }
 
 
-def delete_by_query(ids: Sequence[str] | None, filter: Filter) -> JsonObject:
-    """Matches the chunks to delete: those matching ``filter``, among ``ids`` when given."""
+def delete_by_query(
+    ids: Sequence[str] | None, filter: Filter, keep_ids: Sequence[str] = ()
+) -> JsonObject:
+    """Matches the chunks to delete: those matching ``filter``, among ``ids`` when given, and
+    not among ``keep_ids`` (``must_not`` ids clauses of at most ``KEEP_IDS_PER_CLAUSE`` values,
+    well under the index's ``max_terms_count``, 65,536 by default)."""
     clauses = filter_clauses(filter)
     if ids is not None:
         clauses.append({"ids": {"values": list(ids)}})
-    return {"query": {"bool": {"filter": clauses}}}
+    query: JsonObject = {"filter": clauses}
+    if keep_ids:
+        kept = list(dict.fromkeys(keep_ids))
+        query["must_not"] = [
+            {"ids": {"values": kept[start : start + KEEP_IDS_PER_CLAUSE]}}
+            for start in range(0, len(kept), KEEP_IDS_PER_CLAUSE)
+        ]
+    return {"query": {"bool": query}}
 
 
 def stats_search() -> JsonObject:
