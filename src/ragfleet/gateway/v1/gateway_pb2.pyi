@@ -320,6 +320,9 @@ class ModelAttempt(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     DISCARDED_CHARS_FIELD_NUMBER: _builtins.int
     MS_FIELD_NUMBER: _builtins.int
+    PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Empty: the generator's default model."""
     outcome: Global___AttemptOutcome.ValueType
@@ -328,6 +331,13 @@ class ModelAttempt(_message.Message):
     discarded_chars: _builtins.int
     """Characters of text it had streamed before failing (discarded: see Restart)."""
     ms: _builtins.float
+    prompt_tokens: _builtins.int
+    """Tokens of this try: the generator's usage on success; a failed try counts the token deltas
+    it streamed (its prompt tokens are not reported).
+    """
+    completion_tokens: _builtins.int
+    cost_usd: _builtins.float
+    """USD, priced by the gateway's price table; unset when none is configured."""
     def __init__(
         self,
         *,
@@ -336,12 +346,17 @@ class ModelAttempt(_message.Message):
         reason: _builtins.str = ...,
         discarded_chars: _builtins.int = ...,
         ms: _builtins.float = ...,
+        prompt_tokens: _builtins.int = ...,
+        completion_tokens: _builtins.int = ...,
+        cost_usd: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "cost_usd", b"cost_usd"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["discarded_chars", b"discarded_chars", "model", b"model", "ms", b"ms", "outcome", b"outcome", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "discarded_chars", b"discarded_chars", "model", b"model", "ms", b"ms", "outcome", b"outcome", "prompt_tokens", b"prompt_tokens", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__cost_usd: _TypeAlias = _typing.Literal["cost_usd"]  # noqa: Y015
+    _WhichOneofArgType__cost_usd: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cost_usd) -> _WhichOneofReturnType__cost_usd | None: ...
 
 Global___ModelAttempt: _TypeAlias = ModelAttempt  # noqa: Y015
 
@@ -387,6 +402,7 @@ class Answer(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     RESTARTED_FIELD_NUMBER: _builtins.int
     HISTORY_TRIMMED_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     model: _builtins.str
     degraded: _builtins.bool
@@ -401,6 +417,10 @@ class Answer(_message.Message):
     history_trimmed: _builtins.int
     """Earlier messages of the history left out of the prompt (the oldest first) to fit the
     history budget.
+    """
+    cost_usd: _builtins.float
+    """USD: the sum of the attempts' costs (0 when no model was asked); unset when the gateway has
+    no price table.
     """
     @_builtins.property
     def citations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Citation]: ...
@@ -428,12 +448,15 @@ class Answer(_message.Message):
         attempts: _abc.Iterable[Global___ModelAttempt] | None = ...,
         restarted: _builtins.bool = ...,
         history_trimmed: _builtins.int = ...,
+        cost_usd: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "cost_usd", b"cost_usd", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered", b"answered", "attempts", b"attempts", "citations", b"citations", "degraded", b"degraded", "degraded_reasons", b"degraded_reasons", "history_trimmed", b"history_trimmed", "model", b"model", "restarted", b"restarted", "text", b"text", "timings", b"timings", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "answered", b"answered", "attempts", b"attempts", "citations", b"citations", "cost_usd", b"cost_usd", "degraded", b"degraded", "degraded_reasons", b"degraded_reasons", "history_trimmed", b"history_trimmed", "model", b"model", "restarted", b"restarted", "text", b"text", "timings", b"timings", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__cost_usd: _TypeAlias = _typing.Literal["cost_usd"]  # noqa: Y015
+    _WhichOneofArgType__cost_usd: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cost_usd) -> _WhichOneofReturnType__cost_usd | None: ...
 
 Global___Answer: _TypeAlias = Answer  # noqa: Y015
 
