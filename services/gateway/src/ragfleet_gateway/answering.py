@@ -38,6 +38,8 @@ from ragfleet_gateway.fallback import (
     Generator,
     build_chain,
 )
+from ragfleet_gateway.metrics import record_cost
+from ragfleet_gateway.pricing import PriceTable
 from ragfleet_gateway.prompt import (
     PromptBuilder,
     attribute_citations,
@@ -97,6 +99,7 @@ class Answering:
             settings.context_budget_chars,
         )
         self._rewriter = FollowupRewriter(settings)
+        self._prices = PriceTable.from_settings(settings)
 
     def ask(self, request: AskRequest, deadline: Deadline) -> AsyncGenerator[AskEvent, None]:
         """Validates ``request`` now (raising ``InvalidInput``, or ``NotFound`` listing the
@@ -159,6 +162,7 @@ class Answering:
                     reasons,
                     answered=False,
                     history_trimmed=trimmed,
+                    cost_usd=None if self._prices is None else 0.0,
                 )
             )
             return
@@ -187,8 +191,27 @@ class Answering:
                     yield event
         watch.stages["generate"] = (time.perf_counter() - start) * 1000
         assert result is not None, "a fallback chain always ends with its result"
-        answer = self._answer(result, query, sources, reasons, watch)
+        answer = self._priced(self._answer(result, query, sources, reasons, watch))
+        log.info(
+            "answered",
+            model=answer.model,
+            answered=answer.answered,
+            attempts=len(answer.attempts),
+            prompt_tokens=answer.usage.prompt_tokens,
+            completion_tokens=answer.usage.completion_tokens,
+            cost_usd=answer.cost_usd,
+            degraded=answer.degraded,
+        )
         yield AnswerEvent(replace(answer, history_trimmed=trimmed))
+
+    def _priced(self, answer: Answer) -> Answer:
+        """``answer`` with its attempts' costs and their total, counted in the metrics
+        (unchanged without a price table)."""
+        if self._prices is None:
+            return answer
+        attempts, total = self._prices.price_all(answer.attempts)
+        record_cost(attempts, passthrough=not self.settings.models)
+        return replace(answer, attempts=attempts, cost_usd=total)
 
     def _retrieval_deadline(self, deadline: Deadline) -> Deadline:
         share = min(

@@ -96,13 +96,19 @@ class AttemptOutcome(StrEnum):
 @dataclass(frozen=True)
 class ModelAttempt:
     """One try of one model: ``reason`` says why it failed or was skipped (empty on success);
-    ``discarded_chars`` counts the text it had streamed before it failed."""
+    ``discarded_chars`` counts the text it had streamed before it failed. The tokens are the
+    generator's usage on success; a failed try's prompt tokens are not reported (the generator
+    reports usage in its last message only), so it counts the token deltas it streamed.
+    ``cost_usd`` prices them by the gateway's price table (None without one)."""
 
     model: str
     outcome: AttemptOutcome
     reason: str = ""
     discarded_chars: int = 0
     ms: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None
 
 
 @dataclass(frozen=True)
@@ -113,7 +119,8 @@ class Answer:
     failed after streaming text that the client was told to discard (a ``RestartEvent``).
     ``history_trimmed`` counts the earlier messages left out of the prompt (the oldest first)
     to fit the history budget; ``finish_reason`` is the answering model's ("" when no model
-    answered)."""
+    answered). ``cost_usd`` is the sum of the attempts' costs (0 when no model was asked; None
+    without a price table)."""
 
     text: str
     citations: list[Citation]
@@ -126,6 +133,7 @@ class Answer:
     restarted: bool = False
     history_trimmed: int = 0
     finish_reason: str = ""
+    cost_usd: float | None = None
 
     @property
     def degraded(self) -> bool:

@@ -230,7 +230,14 @@ class FallbackChain:
                     link.breaker.record_failure()
                     reason = f"{kind.value}: {exc.message}"
                     attempts.append(
-                        ModelAttempt(link.name, AttemptOutcome.FAILED, reason, len(text), ms)
+                        ModelAttempt(
+                            link.name,
+                            AttemptOutcome.FAILED,
+                            reason,
+                            len(text),
+                            ms,
+                            completion_tokens=len(parts),
+                        )
                     )
                     failure = f"{_label(link.name)}: {exc.message}"
                     log.warning("generation_attempt_failed", model=link.name, reason=reason)
@@ -247,7 +254,18 @@ class FallbackChain:
                     raise
                 link.breaker.record_success()
                 ms = (time.perf_counter() - start) * 1000
-                attempts.append(ModelAttempt(link.name, AttemptOutcome.SUCCEEDED, "", 0, ms))
+                usage = done.usage if done is not None else None
+                attempts.append(
+                    ModelAttempt(
+                        link.name,
+                        AttemptOutcome.SUCCEEDED,
+                        "",
+                        0,
+                        ms,
+                        usage.prompt_tokens if usage else 0,
+                        usage.completion_tokens if usage else len(parts),
+                    )
+                )
                 yield ChainResult(done, "".join(parts), attempts, "", restarted)
                 return
         yield ChainResult(None, "", attempts, failure, restarted)

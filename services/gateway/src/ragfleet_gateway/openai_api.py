@@ -220,6 +220,7 @@ def _usage(answer: domain.Answer) -> UsageOut:
         prompt_tokens=u.prompt_tokens,
         completion_tokens=u.completion_tokens,
         total_tokens=u.prompt_tokens + u.completion_tokens,
+        cost_usd=answer.cost_usd,
     )
 
 

@@ -88,6 +88,11 @@ class UsageOut(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    cost_usd: float | None = Field(
+        default=None,
+        description="ragfleet extra: USD the answer cost, every model tried included (priced by "
+        "the gateway's price table); null without one",
+    )
 
 
 class MessageOut(BaseModel):

@@ -251,6 +251,13 @@ class AttemptOut(BaseModel):
     reason: str
     discarded_chars: int
     ms: float
+    prompt_tokens: int = Field(description="the generator's usage; a failed try: 0")
+    completion_tokens: int = Field(
+        description="the generator's usage; a failed try: the token deltas it streamed"
+    )
+    cost_usd: float | None = Field(
+        description="priced by the gateway's price table; null without one"
+    )
 
 
 class RestartOut(BaseModel):
@@ -278,6 +285,10 @@ class AnswerOut(BaseModel):
         description="earlier messages left out of the prompt, the oldest first, to fit the "
         "history budget"
     )
+    cost_usd: float | None = Field(
+        description="USD, the sum of the attempts' costs (0 when no model was asked); null "
+        "when the gateway has no price table"
+    )
 
     @classmethod
     def of(cls, answer: domain.Answer) -> AnswerOut:
@@ -304,11 +315,15 @@ class AnswerOut(BaseModel):
                     reason=a.reason,
                     discarded_chars=a.discarded_chars,
                     ms=a.ms,
+                    prompt_tokens=a.prompt_tokens,
+                    completion_tokens=a.completion_tokens,
+                    cost_usd=a.cost_usd,
                 )
                 for a in answer.attempts
             ],
             restarted=answer.restarted,
             history_trimmed=answer.history_trimmed,
+            cost_usd=answer.cost_usd,
         )
 
 

@@ -117,11 +117,15 @@ def answer_to_proto(answer: Answer) -> gateway_pb2.Answer:
                 reason=a.reason,
                 discarded_chars=a.discarded_chars,
                 ms=a.ms,
+                prompt_tokens=a.prompt_tokens,
+                completion_tokens=a.completion_tokens,
+                cost_usd=a.cost_usd,
             )
             for a in answer.attempts
         ],
         restarted=answer.restarted,
         history_trimmed=answer.history_trimmed,
+        cost_usd=answer.cost_usd,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -39,6 +40,61 @@ class ModelLink(BaseModel):
     application: str = Field(
         default="", description="Ray Serve application; empty: generator_application"
     )
+
+
+DEFAULT_PRICE_KEY = "default"
+"""The price table's key for the generator's default model (the one link of a gateway without a
+``models`` chain)."""
+
+
+class ModelPrice(BaseModel):
+    """What one model's tokens cost, in USD: either per million tokens (an API model's list
+    price), or for a self-hosted model an hourly price of what serves it and the throughput it
+    was measured at. A self-hosted model's token costs the share of the hour that its replica
+    spends on it: a prompt token ``hourly_usd / 3600 / prefill_tokens_per_s``, a completion token
+    ``hourly_usd / 3600 / decode_tokens_per_s`` (one request at a time, as the packaged
+    llama.cpp replicas run; a replica that batches has a higher throughput to configure)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input_usd_per_million: float | None = Field(
+        default=None, ge=0, description="API model: USD per million prompt tokens"
+    )
+    output_usd_per_million: float | None = Field(
+        default=None, ge=0, description="API model: USD per million completion tokens"
+    )
+    hourly_usd: float | None = Field(
+        default=None, ge=0, description="self-hosted model: USD per hour of one replica's host"
+    )
+    prefill_tokens_per_s: float | None = Field(
+        default=None, gt=0, description="self-hosted model: measured prompt tokens per second"
+    )
+    decode_tokens_per_s: float | None = Field(
+        default=None, gt=0, description="self-hosted model: measured completion tokens per second"
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ModelPrice:
+        api = (self.input_usd_per_million, self.output_usd_per_million)
+        hosted = (self.hourly_usd, self.prefill_tokens_per_s, self.decode_tokens_per_s)
+        if all(v is not None for v in api) and all(v is None for v in hosted):
+            return self
+        if all(v is not None for v in hosted) and all(v is None for v in api):
+            return self
+        raise ValueError(
+            "a price is either input_usd_per_million and output_usd_per_million (an API model) "
+            "or hourly_usd, prefill_tokens_per_s and decode_tokens_per_s (a self-hosted model)"
+        )
+
+    def per_million(self) -> tuple[float, float]:
+        """USD per million prompt tokens and per million completion tokens."""
+        if self.hourly_usd is None:
+            assert self.input_usd_per_million is not None
+            assert self.output_usd_per_million is not None
+            return self.input_usd_per_million, self.output_usd_per_million
+        assert self.prefill_tokens_per_s is not None and self.decode_tokens_per_s is not None
+        per_second = self.hourly_usd / 3600 * 1e6
+        return per_second / self.prefill_tokens_per_s, per_second / self.decode_tokens_per_s
 
 
 class GatewaySettings(ServiceSettings):
@@ -83,6 +139,17 @@ class GatewaySettings(ServiceSettings):
         default=(),
         description="the fallback chain, in order: model names or {name, address, application} "
         "objects, as JSON; empty: one link, the default generator's default model",
+    )
+    prices: dict[str, ModelPrice] = Field(
+        default_factory=dict,
+        description="the price table, as JSON: model name -> price (docs/configuration.md, "
+        "Cost); the generator's default model (no models chain) is 'default'; empty, with no "
+        "prices_file: answers carry no cost",
+    )
+    prices_file: Path | None = Field(
+        default=None,
+        description="a JSON or YAML file holding the price table; its entries join prices "
+        "(prices wins for a model in both)",
     )
     upstream_retry_attempts: int = Field(
         default=3,
@@ -325,6 +392,14 @@ class GatewaySettings(ServiceSettings):
         names = [link.name for link in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"models must not repeat a name; got {names}")
+        prices = self.price_table()
+        if prices:
+            unpriced = [n for n in names or [DEFAULT_PRICE_KEY] if n not in prices]
+            if unpriced:
+                raise ValueError(
+                    f"prices: no price for model {', '.join(map(repr, unpriced))}; every model "
+                    "of the chain needs one when a price table is configured"
+                )
         if self.chunk_overlap_chars >= self.chunk_size_chars:
             raise ValueError("chunk_overlap_chars must be smaller than chunk_size_chars")
         if self.chunk_overlap_tokens >= self.chunk_size_tokens:
@@ -345,6 +420,20 @@ class GatewaySettings(ServiceSettings):
             if placeholder not in template:
                 raise ValueError(f"the prompt template lacks the {placeholder} placeholder")
         return self
+
+    def price_table(self) -> dict[str, ModelPrice]:
+        """``prices_file``'s entries (read now) overlaid with ``prices``. Raises ``ValueError``
+        naming the file when it cannot be read or is not a table of prices."""
+        table: dict[str, ModelPrice] = {}
+        if self.prices_file is not None:
+            try:
+                data = yaml.safe_load(self.prices_file.read_text(encoding="utf-8")) or {}
+                if not isinstance(data, dict):
+                    raise ValueError("not a mapping of model name to price")
+                table = {str(name): ModelPrice.model_validate(v) for name, v in data.items()}
+            except (OSError, ValueError, yaml.YAMLError) as exc:
+                raise ValueError(f"prices_file: {self.prices_file}: {exc}") from exc
+        return {**table, **self.prices}
 
     def user_prompt_template(self) -> str:
         """The template text: the file's content when ``prompt_template_file`` is set."""
