@@ -5,6 +5,7 @@ upstreams."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -22,7 +23,9 @@ from ragfleet_tools.eval.answers import (
     ask,
     bootstrap,
     config_key,
+    cost,
     ingest,
+    markdown,
     paired,
     score,
 )
@@ -156,6 +159,9 @@ def test_bad_clapnq_files_are_refused_naming_the_file(
         AnswerSet.load(write_clapnq(tmp_path / "dev", files))
 
 
+PRICE = {"input_usd_per_million": 1.0, "output_usd_per_million": 2.0}
+
+
 def result(qid: str, answer: str, answered: bool, cited: list[str]) -> Result:
     return Result(qid, answer, answered, cited, answer, cited, "m", 10.0, 20.0, 5, 3, [])
 
@@ -213,6 +219,31 @@ def test_the_cache_resumes_and_the_key_follows_the_settings(tmp_path: Path) -> N
     assert base != config_key(GatewaySettings(), "other", "f")
 
 
+def test_rows_cached_before_answers_had_a_cost_still_load_and_prices_keep_the_key(
+    tmp_path: Path,
+) -> None:
+    row = dataclasses.asdict(result("a", "x", True, ["p1"]))
+    del row["cost_usd"]
+    (tmp_path / "c.jsonl").write_text(json.dumps(row) + "\n")
+    assert ResultCache(tmp_path / "c.jsonl").results["a"].cost_usd is None
+    priced = GatewaySettings(prices={"default": PRICE})  # type: ignore[arg-type]
+    assert config_key(priced, "m", "f") == config_key(GatewaySettings(), "m", "f")
+
+
+def test_the_report_sums_and_averages_the_cost_of_the_priced_answers() -> None:
+    results = [
+        dataclasses.replace(result("a", "x", True, []), cost_usd=0.002),
+        dataclasses.replace(result("b", "y", True, []), cost_usd=0.004),
+        result("c", "z", True, []),
+    ]
+    spent = cost(results)
+    assert spent == pytest.approx(
+        {"sum USD": 0.006, "mean USD per question": 0.003, "questions priced": 2}
+    )
+    assert "| sum USD | 0.006000 |" in markdown([], {}, "h", spent=spent)
+    assert cost(results[2:]) == {} and "cost" not in markdown([], {}, "h", spent={})
+
+
 async def test_a_question_through_the_pipeline_records_its_answer(tmp_path: Path) -> None:
     data = AnswerSet.load(write_set(tmp_path / "set", QUERIES))
     generator = FakeGenerator(tokens=("Seasonality ", "uses averages [1]."))
@@ -225,6 +256,13 @@ async def test_a_question_through_the_pipeline_records_its_answer(tmp_path: Path
     assert got.shown[0] == "p1" and 0 < got.ttft_ms <= got.total_ms
     metrics, _ = score(data.questions[:1], {got.id: got})
     assert {m.name: m.value for m in metrics}["citation precision"] == 1.0
+    assert got.cost_usd is None
+    priced = GatewaySettings(min_dense_score=None, prices={"default": PRICE})  # type: ignore[arg-type]
+    pipeline = RagPipeline(priced, FakeEmbedder(), FakeRetriever(), generator)
+    await ingest(pipeline, data, lambda _: None)
+    got = await ask(pipeline, data.questions[0], timeout_s=10)
+    # FakeGenerator: 42 prompt tokens, one completion token per token streamed.
+    assert got.cost_usd == pytest.approx((42 * 1.0 + 2 * 2.0) / 1e6)
 
 
 def test_a_sweep_file_names_a_baseline_and_configurations(tmp_path: Path) -> None:

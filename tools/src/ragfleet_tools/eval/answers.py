@@ -18,6 +18,7 @@ Metrics, each with a bootstrap 95% confidence interval over questions:
   share wrongly refused;
 - unanswerable questions: the share declined;
 - time to the first token and to the whole answer (percentiles);
+- with a gateway price table, the answers' cost: the sum and the mean per question (USD);
 - with an LLM judge (``judge``): its faithfulness and correctness scores (1-5) and the share of
   its replies that did not parse.
 """
@@ -196,7 +197,8 @@ class AnswerSet:
 
 @dataclass(frozen=True)
 class Result:
-    """One question's answer, as cached."""
+    """One question's answer, as cached. ``cost_usd`` is None when the gateway had no price
+    table (and in rows cached before answers carried a cost)."""
 
     id: str
     answer: str
@@ -210,6 +212,7 @@ class Result:
     prompt_tokens: int
     completion_tokens: int
     degraded: list[str]
+    cost_usd: float | None = None
 
 
 class AnswerRecorder:
@@ -241,9 +244,10 @@ class AnswerRecorder:
         model: str,
         usage: tuple[int, int],
         degraded: Iterable[str],
+        cost_usd: float | None = None,
     ) -> Result:
-        """The answer's ``citations`` as (number, source) and ``usage`` as (prompt tokens,
-        completion tokens)."""
+        """The answer's ``citations`` as (number, source), ``usage`` as (prompt tokens,
+        completion tokens) and ``cost_usd`` as the gateway priced it (None: not priced)."""
         now = time.perf_counter()
         cited = list(citations)
         return Result(
@@ -259,6 +263,7 @@ class AnswerRecorder:
             prompt_tokens=usage[0],
             completion_tokens=usage[1],
             degraded=list(degraded),
+            cost_usd=cost_usd,
         )
 
 
@@ -281,14 +286,18 @@ async def ask(pipeline: RagPipeline, question: Question, timeout_s: float) -> Re
                 answer.model,
                 (answer.usage.prompt_tokens, answer.usage.completion_tokens),
                 answer.degraded_reasons,
+                answer.cost_usd,
             )
     raise RuntimeError("the answer stream ended without an answer")
 
 
 def config_key(settings: GatewaySettings, model: str, fingerprint: str) -> str:
-    """What an answer depends on: the gateway's settings, the model and the corpus."""
+    """What an answer depends on: the gateway's settings, the model and the corpus. The price
+    table is left out: it prices answers without changing them, so answers cached before it was
+    set stay valid (and unpriced)."""
+    gateway = settings.model_dump(mode="json", exclude={"prices", "prices_file"})
     blob = json.dumps(
-        {"gateway": settings.model_dump(mode="json"), "model": model, "corpus": fingerprint},
+        {"gateway": gateway, "model": model, "corpus": fingerprint},
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -409,12 +418,27 @@ def latency(results: Sequence[Result]) -> dict[str, float]:
     }
 
 
+def cost(results: Sequence[Result]) -> dict[str, float]:
+    """The answers' cost in USD: the sum and the mean per question over the answers that carry
+    one, and how many do; empty when none does (the gateway had no price table)."""
+    priced = [r.cost_usd for r in results if r.cost_usd is not None]
+    if not priced:
+        return {}
+    return {
+        "sum USD": float(sum(priced)),
+        "mean USD per question": float(sum(priced) / len(priced)),
+        "questions priced": float(len(priced)),
+    }
+
+
 def markdown(
     metrics: Sequence[Metric],
     timing: Mapping[str, float],
     header: str,
     differences: Sequence[Metric] = (),
+    spent: Mapping[str, float] | None = None,
 ) -> str:
+    """The report's tables; ``spent`` (``cost``'s figures) adds the cost table when given."""
     lines = [header, "", "| metric | value | 95% CI | n |", "|---|---|---|---|"]
     for m in metrics:
         lines.append(f"| {m.name} | {m.value:.3f} | {m.low:.3f} to {m.high:.3f} | {m.n} |")
@@ -424,6 +448,14 @@ def markdown(
             lines.append(f"| {d.name} | {d.value:+.3f} | {d.low:+.3f} to {d.high:+.3f} | {d.n} |")
     lines += ["", "| latency | ms |", "|---|---|"]
     lines += [f"| {name} | {value:.0f} |" for name, value in timing.items()]
+    if spent:
+        lines += ["", "| cost | value |", "|---|---|"]
+        lines += [
+            f"| {name} | {value:.0f} |"
+            if name == "questions priced"
+            else f"| {name} | {value:.6f} |"
+            for name, value in spent.items()
+        ]
     return "\n".join(lines) + "\n"
 
 

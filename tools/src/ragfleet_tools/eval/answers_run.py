@@ -231,6 +231,7 @@ def _score(
             + (f", judge {options.judge_model}" if options.judge_model else "")
         )
         timing = harness.latency(list(results.values()))
-        table = harness.markdown(metrics, timing, header, differences)
+        spent = harness.cost(list(results.values()))
+        table = harness.markdown(metrics, timing, header, differences, spent)
         scored.append(ScoredConfiguration(name, metrics, differences, table))
     return scored

@@ -101,6 +101,7 @@ class GatewayAsker:
                         answer.model,
                         (answer.usage.prompt_tokens, answer.usage.completion_tokens),
                         answer.degraded_reasons,
+                        answer.cost_usd if answer.HasField("cost_usd") else None,
                     )
         except grpc.aio.AioRpcError as err:
             raise from_rpc_error(err, f"gateway {self.address}") from None
