@@ -148,3 +148,21 @@ async def test_an_answer_no_model_was_asked_for_costs_nothing() -> None:
     settings = GatewaySettings(prices={"default": API}, min_dense_score=2.0)  # type: ignore[arg-type]
     answer = (await _answer(settings, {})).answer
     assert not answer.answered and answer.cost_usd == 0.0 and not answer.attempts
+
+
+def test_the_local_price_table_prices_both_packaged_models() -> None:
+    local = Path(__file__).parents[1] / "prices.local.yaml"
+    models = ["qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"]
+    table = PriceTable.from_settings(GatewaySettings(models=models, prices_file=local))  # type: ignore[arg-type]
+    assert table is not None
+    small = ModelAttempt(models[0], AttemptOutcome.SUCCEEDED, "", 0, 0.0, 736, 18)
+    big = ModelAttempt(models[1], AttemptOutcome.SUCCEEDED, "", 0, 0.0, 736, 18)
+    small_cost, big_cost = table.price(small).cost_usd, table.price(big).cost_usd
+    assert small_cost is not None and big_cost is not None
+    # The demo's median answer: about 13 s of a 0.10 USD hour on the 0.5B model.
+    assert small_cost == pytest.approx(0.10 / 3600 * (736 / 70.0 + 18 / 14.4))
+    assert big_cost > 1.9 * small_cost
+    assert (
+        GatewaySettings(prices_file=local).price_table()["default"]
+        == (GatewaySettings(prices_file=local).price_table()[models[0]])
+    )
