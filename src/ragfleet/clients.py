@@ -252,10 +252,15 @@ class RetrieverClient(_Client):
         )
         return reply.upserted
 
-    async def delete_source(self, tenant: str, source: str, deadline: Deadline) -> int:
-        """Deletes every chunk of ``source`` within ``tenant``; returns how many there were."""
+    async def delete_source(
+        self, tenant: str, source: str, deadline: Deadline, *, keep_ids: Sequence[str] = ()
+    ) -> int:
+        """Deletes every chunk of ``source`` within ``tenant`` except those with ``keep_ids``
+        (at most the retriever's ``max_keep_ids``); returns how many were deleted. Replacing a
+        source upserts its new chunks first, then calls this with their ids, so a failure in
+        between leaves old and new chunks, never neither."""
         request = retriever_pb2.DeleteRequest(
-            filter=common_pb2.Filter(tenant=tenant), source=source
+            filter=common_pb2.Filter(tenant=tenant), source=source, keep_ids=list(keep_ids)
         )
         reply = await self._unary(
             "Delete",

@@ -30,9 +30,13 @@ from ragfleet.generator.v1 import generator_pb2, generator_pb2_grpc
 from ragfleet.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from ragfleet.runtime.channels import Deadline, insecure_channel
 from ragfleet_gateway.auth import Role, add_key, new_key
-from ragfleet_gateway.fakes import FakeGenerator, FakeRetriever, fake_vector
+from ragfleet_gateway.fakes import DIMENSION, FakeGenerator, FakeRetriever, fake_vector
 from ragfleet_gateway.settings import GatewaySettings
 from ragfleet_gateway.wiring import build_gateway
+from ragfleet_retriever.core import Retriever
+from ragfleet_retriever.server import build_core
+from ragfleet_retriever.server import build_server as build_retriever
+from ragfleet_retriever.settings import RetrieverSettings
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -83,7 +87,7 @@ class FakeRetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         self, request: retriever_pb2.DeleteRequest, context: Context
     ) -> retriever_pb2.DeleteResponse:
         deleted = await self.core.delete_source(
-            request.filter.tenant, request.source, Deadline.after(5)
+            request.filter.tenant, request.source, Deadline.after(5), keep_ids=request.keep_ids
         )
         return retriever_pb2.DeleteResponse(deleted=deleted)
 
@@ -229,6 +233,20 @@ async def start_gateway(addresses: dict[str, str], **overrides: Any) -> AsyncIte
             stub = gateway_pb2_grpc.GatewayServiceStub(channel)
             yield Gateway(settings, address, client, stub, key)
         await gateway.stop()
+
+
+async def start_retriever(data_dir: Path) -> AsyncIterator[tuple[str, Retriever]]:
+    """A real retriever on port 0 over an embedded index in ``data_dir``: its address and
+    core."""
+    settings = RetrieverSettings(port=0, data_dir=data_dir, dimension=DIMENSION, grace_period_s=0)
+    core = build_core(settings)
+    server = build_retriever(settings, core)
+    await server.start()
+    await core.load()
+    await server.mark_ready()
+    yield f"127.0.0.1:{server.port}", core
+    await server.stop(0)
+    await core.close()
 
 
 @pytest.fixture(scope="module")

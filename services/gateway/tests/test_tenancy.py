@@ -18,14 +18,10 @@ from ragfleet.common.v1 import common_pb2
 from ragfleet.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from ragfleet.runtime.channels import insecure_channel
 from ragfleet_gateway.auth import Role, add_key, new_key
-from ragfleet_gateway.fakes import DIMENSION
 from ragfleet_gateway.settings import GatewaySettings
 from ragfleet_gateway.wiring import build_gateway
-from ragfleet_retriever.server import build_core
-from ragfleet_retriever.server import build_server as build_retriever
-from ragfleet_retriever.settings import RetrieverSettings
 
-from .conftest import FakeFleet
+from .conftest import FakeFleet, start_retriever
 
 pytestmark = pytest.mark.integration
 
@@ -57,14 +53,8 @@ async def fleet(
     fake_fleet: FakeFleet, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Fleet]:
     root = tmp_path_factory.mktemp("tenancy")
-    retriever_settings = RetrieverSettings(
-        port=0, data_dir=root / "index", dimension=DIMENSION, grace_period_s=0
-    )
-    core = build_core(retriever_settings)
-    retriever = build_retriever(retriever_settings, core)
-    await retriever.start()
-    await core.load()
-    await retriever.mark_ready()
+    retriever = start_retriever(root / "index")
+    retriever_address, _ = await anext(retriever)
 
     keys_file = root / "keys.json"
     keys: dict[str, str] = {}
@@ -81,7 +71,7 @@ async def fleet(
         rest_port=0,
         grace_period_s=0,
         embedder_address=fake_fleet.addresses["embedder"],
-        retriever_address=f"127.0.0.1:{retriever.port}",
+        retriever_address=retriever_address,
         generator_address=fake_fleet.addresses["generator"],
         api_keys_file=keys_file,
         ingest_allowed_roots=[root],
@@ -113,8 +103,7 @@ async def fleet(
     for channel in channels.values():
         await channel.close()
     await gateway.stop()
-    await retriever.stop(0)
-    await core.close()
+    await anext(retriever, None)
 
 
 def _texts(hits: list[dict[str, object]]) -> set[str]:

@@ -135,13 +135,16 @@ class FakeRetriever:
             self.chunks[chunk.id] = chunk
         return len(chunks)
 
-    async def delete_source(self, tenant: str, source: str, deadline: Deadline) -> int:
+    async def delete_source(
+        self, tenant: str, source: str, deadline: Deadline, *, keep_ids: Sequence[str] = ()
+    ) -> int:
         if self.error is not None:
             raise self.error
+        kept = set(keep_ids)
         doomed = [
             i
             for i, c in self.chunks.items()
-            if c.source == source and (not tenant or c.tenant == tenant)
+            if c.source == source and (not tenant or c.tenant == tenant) and i not in kept
         ]
         for i in doomed:
             del self.chunks[i]

@@ -46,9 +46,12 @@ class DocumentIngest:
         self, documents: Sequence[Document], tenant: str, deadline: Deadline
     ) -> IngestResult:
         """Chunks, embeds (passages, in batches of ``embed_batch_size``) and indexes
-        ``documents``. Each document replaces whatever its source had before: its old chunks
-        are deleted, then the new ones upserted. Everything is embedded before anything is
-        deleted, so an embedder failure leaves the index as it was."""
+        ``documents``. Each document replaces whatever its source had before: its new chunks
+        are upserted, then the source's other chunks are deleted (the new ids kept), so a
+        failure in between leaves old and new chunks both present and a retry converges; the
+        source is never empty. The whole request is validated and embedded before anything is
+        written, so a rejected request or an embedder failure leaves the index as it was.
+        ``replaced`` counts the documents whose source lost old chunks."""
         check_text(tenant, "tenant")
         check_documents(documents, self.settings)
         chunked = await asyncio.to_thread(
@@ -63,11 +66,13 @@ class DocumentIngest:
         size = self.settings.upsert_batch_size
         for doc, chunks in zip(documents, chunked, strict=True):
             with_vectors = [next(embedded) for _ in chunks]
-            deleted = await self._retriever.delete_source(tenant, doc.source, deadline)
-            removed += deleted
-            replaced += deleted > 0
             for i in range(0, len(with_vectors), size):
                 await self._retriever.upsert(with_vectors[i : i + size], deadline)
+            deleted = await self._retriever.delete_source(
+                tenant, doc.source, deadline, keep_ids=[c.id for c in with_vectors]
+            )
+            removed += deleted
+            replaced += deleted > 0
         log.info("ingested", documents=len(documents), chunks=len(flat), replaced=replaced)
         return IngestResult(
             documents=len(documents), chunks=len(flat), replaced=replaced, removed_chunks=removed

@@ -45,7 +45,9 @@ class Retriever(Protocol):
 
     async def upsert(self, chunks: Sequence[Chunk], deadline: Deadline) -> int: ...
 
-    async def delete_source(self, tenant: str, source: str, deadline: Deadline) -> int: ...
+    async def delete_source(
+        self, tenant: str, source: str, deadline: Deadline, *, keep_ids: Sequence[str] = ()
+    ) -> int: ...
 
 
 class PassageReranker(Protocol):

@@ -63,8 +63,12 @@ class _Retriever:
     async def upsert(self, chunks: Sequence[Chunk], deadline: Deadline) -> int:
         return await self._core.upsert(chunks)
 
-    async def delete_source(self, tenant: str, source: str, deadline: Deadline) -> int:
-        return await self._core.delete([], Filter(tenant=tenant, source=source))
+    async def delete_source(
+        self, tenant: str, source: str, deadline: Deadline, *, keep_ids: Sequence[str] = ()
+    ) -> int:
+        return await self._core.delete(
+            [], Filter(tenant=tenant, source=source, exact_tenant=True), keep_ids
+        )
 
 
 class _Generator:
