@@ -17,13 +17,31 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from ragfleet.clients import DEFAULT_ATTEMPTS
 from ragfleet.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from ragfleet.runtime.channels import Deadline, insecure_channel
-from ragfleet.runtime.errors import from_rpc_error
+from ragfleet.runtime.errors import (
+    PermissionDenied,
+    RagfleetError,
+    Unauthenticated,
+    from_rpc_error,
+)
 
 API_KEY_ENV = "RAGFLEET_API_KEY"
 
 default_api_key: Callable[[], SecretStr | None] = secret_from_env(API_KEY_ENV, default=None)
 """``RAGFLEET_API_KEY`` (the key ``ragfleet up`` prints, or one of ``ragfleet keys create``),
 else None."""
+
+
+def _error(err: grpc.aio.AioRpcError, label: str) -> RagfleetError:
+    """The domain error for a failed call. A refused key is this caller's to fix, so it stays
+    ``Unauthenticated`` / ``PermissionDenied`` rather than the upstream being unavailable."""
+    refusals: dict[grpc.StatusCode, type[RagfleetError]] = {
+        grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+        grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    }
+    refused = refusals.get(err.code())
+    if refused is not None:
+        return refused(f"{label}: {err.details()}")
+    return from_rpc_error(err, label)
 
 
 def _is_unavailable(exc: BaseException) -> bool:
@@ -60,7 +78,7 @@ class GatewayClient:
                 with attempt:
                     return await self._stub.Retrieve(request, timeout=deadline.timeout("retrieval"))
         except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err, self.label) from err
+            raise _error(err, self.label) from err
         raise AssertionError("unreachable: tenacity reraises the last failure")
 
     async def ask(
@@ -79,7 +97,7 @@ class GatewayClient:
                 return
             except grpc.aio.AioRpcError as err:
                 if started or attempt == self._attempts or not _is_unavailable(err):
-                    raise from_rpc_error(err, self.label) from err
+                    raise _error(err, self.label) from err
             finally:
                 call.cancel()
             await asyncio.sleep(min(0.05 * 2**attempt, 0.5))
