@@ -18,10 +18,16 @@ from ragfleet.runtime.settings import ServiceSettings
 # to, this model declined answerable questions; min_dense_score declines unrelated ones before
 # any model is asked. The [n] markers it asks for are checked and completed by
 # ragfleet_gateway.prompt.attribute_citations, as this model often leaves them out.
+# Ending on the instruction matters to the small default model: given only the sources and the
+# question, it often began its answer by copying the first source's label and heading.
 DEFAULT_PROMPT_TEMPLATE = """\
+Sources:
+
 {sources}
 
-Question: {question}"""
+Question: {question}
+
+Answer the question in one sentence of your own, then cite the source number like [1]."""
 
 DEFAULT_SYSTEM_PROMPT = """\
 You answer questions using only the numbered sources the user gives you. Answer in one or two \
