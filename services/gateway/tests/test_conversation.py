@@ -174,7 +174,7 @@ async def test_ask_with_history_searches_the_rewrite_and_prompts_with_the_histor
     prompt = generator.requests[-1].messages
     assert [m.role for m in prompt] == ["system", "assistant", "user"]
     assert prompt[1] == HISTORY[1]
-    assert prompt[-1].content.endswith("Question: How long does it last?")
+    assert "Question: How long does it last?\n" in prompt[-1].content
 
 
 async def test_ask_without_history_has_no_rewrite() -> None:
