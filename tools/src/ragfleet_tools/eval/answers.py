@@ -30,7 +30,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -198,7 +198,9 @@ class AnswerSet:
 @dataclass(frozen=True)
 class Result:
     """One question's answer, as cached. ``cost_usd`` is None when the gateway had no price
-    table (and in rows cached before answers carried a cost)."""
+    table (and in rows cached before answers carried a cost); ``scores`` are the shown
+    sources' retrieval scores and ``finish_reason`` the answering model's (empty in older rows,
+    and ``finish_reason`` over gRPC, which does not carry it)."""
 
     id: str
     answer: str
@@ -213,6 +215,8 @@ class Result:
     completion_tokens: int
     degraded: list[str]
     cost_usd: float | None = None
+    scores: list[float] = field(default_factory=list)
+    finish_reason: str = ""
 
 
 class AnswerRecorder:
@@ -224,13 +228,15 @@ class AnswerRecorder:
         self._start = time.perf_counter()
         self._first_token: float | None = None
         self._shown: list[str] = []
+        self._scores: list[float] = []
         self._texts: dict[int, str] = {}
 
-    def sources(self, shown: Iterable[tuple[int, str, str]]) -> None:
-        """The passages shown, as (number, source, text)."""
+    def sources(self, shown: Iterable[tuple[int, str, str, float]]) -> None:
+        """The passages shown, as (number, source, text, retrieval score)."""
         items = list(shown)
-        self._shown = [source for _, source, _ in items]
-        self._texts = {number: text for number, _, text in items}
+        self._shown = [source for _, source, _, _ in items]
+        self._scores = [score for _, _, _, score in items]
+        self._texts = {number: text for number, _, text, _ in items}
 
     def token(self) -> None:
         if self._first_token is None:
@@ -245,6 +251,7 @@ class AnswerRecorder:
         usage: tuple[int, int],
         degraded: Iterable[str],
         cost_usd: float | None = None,
+        finish_reason: str = "",
     ) -> Result:
         """The answer's ``citations`` as (number, source), ``usage`` as (prompt tokens,
         completion tokens) and ``cost_usd`` as the gateway priced it (None: not priced)."""
@@ -264,6 +271,8 @@ class AnswerRecorder:
             completion_tokens=usage[1],
             degraded=list(degraded),
             cost_usd=cost_usd,
+            scores=self._scores,
+            finish_reason=finish_reason,
         )
 
 
@@ -273,7 +282,7 @@ async def ask(pipeline: RagPipeline, question: Question, timeout_s: float) -> Re
     async for event in pipeline.ask(AskRequest(question.text), Deadline.after(timeout_s)):
         if isinstance(event, SourcesEvent):
             recorder.sources(
-                (s.number, s.hit.chunk.source, s.hit.chunk.text) for s in event.sources
+                (s.number, s.hit.chunk.source, s.hit.chunk.text, s.hit.score) for s in event.sources
             )
         elif isinstance(event, TokenEvent | RestartEvent):
             recorder.token()
@@ -287,15 +296,21 @@ async def ask(pipeline: RagPipeline, question: Question, timeout_s: float) -> Re
                 (answer.usage.prompt_tokens, answer.usage.completion_tokens),
                 answer.degraded_reasons,
                 answer.cost_usd,
+                answer.finish_reason,
             )
     raise RuntimeError("the answer stream ended without an answer")
 
 
 def config_key(settings: GatewaySettings, model: str, fingerprint: str) -> str:
-    """What an answer depends on: the gateway's settings, the model and the corpus. The price
-    table is left out: it prices answers without changing them, so answers cached before it was
-    set stay valid (and unpriced)."""
-    gateway = settings.model_dump(mode="json", exclude={"prices", "prices_file"})
+    """What an answer depends on: the gateway's settings, the model and the corpus. Settings
+    that do not change answers are left out, so answers cached before they existed stay valid:
+    the price table (answers cached before it was set stay unpriced), where answers are recorded,
+    and the routing settings while routing is off."""
+    unused = {"prices", "prices_file", "feedback_store", "feedback_spool_dir"}
+    if settings.routing == "none":
+        unused |= {"routing", "routing_cheap_model", "routing_strong_model", "routing_threshold"}
+        unused |= {"router_model_file"}
+    gateway = settings.model_dump(mode="json", exclude=unused)
     blob = json.dumps(
         {"gateway": gateway, "model": model, "corpus": fingerprint},
         sort_keys=True,
@@ -324,13 +339,19 @@ class Metric:
     n: int
 
 
+def resamples(size: int, seed: int = 0) -> np.ndarray:
+    """The bootstrap's resamples of ``size`` items: ``BOOTSTRAP_SAMPLES`` rows of indices drawn
+    with replacement, the same for the same seed, for statistics that are not a mean (a
+    weighted F1) or that pair several arrays over the same questions."""
+    return np.random.default_rng(seed).integers(0, size, (BOOTSTRAP_SAMPLES, size))
+
+
 def bootstrap(values: Sequence[float], seed: int = 0) -> tuple[float, float, float]:
     """The mean of ``values`` and its 95% percentile bootstrap interval."""
     data = np.asarray(values, dtype=np.float64)
     if data.size == 0:
         return float("nan"), float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = data[rng.integers(0, data.size, (BOOTSTRAP_SAMPLES, data.size))].mean(axis=1)
+    means = data[resamples(data.size, seed)].mean(axis=1)
     low, high = np.percentile(means, [2.5, 97.5])
     return float(data.mean()), float(low), float(high)
 

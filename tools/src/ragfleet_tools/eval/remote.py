@@ -87,7 +87,7 @@ class GatewayAsker:
                 kind = event.WhichOneof("event")
                 if kind == "sources":
                     recorder.sources(
-                        (s.number, s.hit.chunk.source, s.hit.chunk.text)
+                        (s.number, s.hit.chunk.source, s.hit.chunk.text, s.hit.score)
                         for s in event.sources.sources
                     )
                 elif kind in ("token", "restart"):

@@ -183,3 +183,53 @@ def embedder(
         f"saved {out}: {report.triplets} triplets, {report.steps} steps in "
         f"{report.seconds:.0f} s, final loss {report.final_loss:.3f}"
     )
+
+
+@train_app.command("router")
+def router(
+    data: Annotated[
+        list[Path],
+        typer.Option(help="JSONL rows {question, target}: 0 needs the strong model, 1 the cheap"),
+    ],
+    out: Annotated[Path, typer.Option(help="the router model's JSON file")],
+    test: Annotated[
+        Path | None, typer.Option(help="held-out JSONL to report on (never used to tune)")
+    ] = None,
+    min_strong_recall: Annotated[
+        float,
+        typer.Option(help="class-0 recall the cross-validated threshold must keep", min=0, max=1),
+    ] = 0.6,
+    report: Annotated[Path | None, typer.Option(help="write a Markdown report here")] = None,
+    seed: Annotated[int, typer.Option()] = 13,
+) -> None:
+    """Train the gateway's question router (routing classifier): TF-IDF word and character
+    n-grams and question features, logistic regression, hyper-parameters and threshold by
+    stratified 5-fold cross-validation (best weighted F1 at the minimum class-0 recall). Serve
+    it with RAGFLEET_GATEWAY_ROUTING=classifier and RAGFLEET_GATEWAY_ROUTER_MODEL_FILE."""
+    from ragfleet_tools.training.router import (
+        evaluate_router,
+        markdown_report,
+        read_routing_data,
+        train_router,
+    )
+
+    try:
+        examples = read_routing_data(data)
+        typer.echo(f"{len(examples)} training examples from {len(data)} file(s)")
+        model, trained = train_router(
+            examples, min_strong_recall, seed=seed, sources=[str(p) for p in data]
+        )
+        model.save(out)
+        held = evaluate_router(model, read_routing_data([test])) if test else None
+    except RagfleetError as err:
+        typer.secho(f"{type(err).__name__}: {err}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1) from err
+    text = markdown_report(trained, model, held)
+    typer.echo(text)
+    if report:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(text, encoding="utf-8")
+    typer.echo(
+        f"saved {out}: {trained.chosen.candidate.name}, threshold {model.threshold:.3f} "
+        f"({trained.seconds:.0f} s)"
+    )
