@@ -724,3 +724,22 @@ def test_gateway_auth_can_be_disabled_for_experiments(render: Render) -> None:
 def test_gateway_refuses_both_api_keys_and_auth_disabled(refusal: Refusal) -> None:
     error = refusal(*CHART_VALUES["ragfleet"], "gateway.auth.disabled=true")
     assert "auth.disabled=true and auth.apiKeysSecret.name are both set" in error
+
+
+def test_gateway_records_answers_in_the_store_its_secret_names(render: Render) -> None:
+    container = find(render(), "Deployment", f"{RELEASE}-gateway")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    names = [e["name"] for e in container["env"]]
+    assert "RAGFLEET_GATEWAY_FEEDBACK_STORE" not in names, "no store unless a Secret names one"
+    objects = render("gateway.feedback.storeSecret.name=answers-db")
+    (container,) = find(objects, "Deployment", f"{RELEASE}-gateway")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    env = {e["name"]: e for e in container["env"]}
+    # The URL holds the database password: it comes from the Secret, never the ConfigMap.
+    assert env["RAGFLEET_GATEWAY_FEEDBACK_STORE"]["valueFrom"] == {
+        "secretKeyRef": {"name": "answers-db", "key": "url"}
+    }
+    assert plain_env(container)["RAGFLEET_GATEWAY_FEEDBACK_SPOOL_DIR"] == "/tmp/feedback-spool"
+    assert "FEEDBACK_STORE" not in yaml.safe_dump(config_env(objects, "gateway"))

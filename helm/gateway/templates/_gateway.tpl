@@ -44,7 +44,18 @@ Secret the gateway refuses to start, so the chart refuses to render, unless auth
   value: {{ printf "%s/%s" (include "gateway.apiKeysDir" .) $auth.apiKeysSecret.key }}
 {{- else -}}
 {{- fail "gateway: no API keys: set auth.apiKeysSecret.name to a Secret holding the keys file made by `ragfleet keys create` (its key: auth.apiKeysSecret.key), or auth.disabled=true for experiments only (every caller may then use every tenant); the gateway does not start with neither" -}}
-{{- end -}}
+{{- end }}
+{{- with .Values.feedback.storeSecret }}
+{{- if .name }}
+- name: RAGFLEET_GATEWAY_FEEDBACK_STORE
+  valueFrom:
+    secretKeyRef:
+      name: {{ .name }}
+      key: {{ .key }}
+- name: RAGFLEET_GATEWAY_FEEDBACK_SPOOL_DIR
+  value: /tmp/feedback-spool
+{{- end }}
+{{- end }}
 {{- end -}}
 
 {{- define "gateway.authVolumes" -}}

@@ -158,6 +158,7 @@ def test_every_rpc_has_a_role_and_an_unlisted_one_needs_admin(tmp_path: Path) ->
         "/ragfleet.gateway.v1.GatewayService/Ask": Role.QUERY,
         "/ragfleet.gateway.v1.GatewayService/Retrieve": Role.QUERY,
         "/ragfleet.gateway.v1.GatewayService/Ingest": Role.INGEST,
+        "/ragfleet.gateway.v1.GatewayService/Feedback": Role.QUERY,
     }
     path = tmp_path / "keys.json"
     keys = {}

@@ -241,6 +241,21 @@ async def test_text_no_service_can_carry_is_400(gateway: Gateway, raw: str) -> N
     assert set(reply.json()["error"]) == {"message", "type", "param", "code"}
 
 
+async def test_a_body_that_is_not_utf8_is_400(gateway: Gateway) -> None:
+    """FastAPI refuses a body it cannot decode with its own HTTPException, which these routes
+    answered as 500 (found by tests/fuzz)."""
+    reply = await gateway.rest.post(
+        "/v1/chat/completions", content=b"\xff=D\xff3", headers={"content-type": "application/json"}
+    )
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert (error["param"], error["code"], error["type"]) == (
+        "body",
+        "invalid_argument",
+        "invalid_request_error",
+    )
+
+
 async def test_the_default_chain_lists_one_model(fake_fleet: FakeFleet) -> None:
     async for gw in start_gateway(fake_fleet.addresses):
         client = openai.AsyncOpenAI(base_url=base_url(gw), api_key=gw.key, max_retries=0)

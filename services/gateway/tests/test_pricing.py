@@ -69,6 +69,13 @@ def test_attempts_are_priced_by_their_model_and_unknown_models_stay_unpriced() -
     assert total == pytest.approx(12e-6 + 2e-3)
 
 
+def test_the_default_model_is_priced_by_the_name_it_reported_when_the_table_has_it() -> None:
+    table = PriceTable({"big": TokenPrice(2.0, 2.0), "default": TokenPrice(1.0, 1.0)})
+    attempt = ModelAttempt("", AttemptOutcome.SUCCEEDED, "", 0, 1.0, 1000, 0)
+    assert table.price(attempt, "big").cost_usd == pytest.approx(2e-3)
+    assert table.price(attempt, "unlisted").cost_usd == pytest.approx(1e-3)
+
+
 def test_start_up_fails_naming_the_model_without_a_price(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -17,6 +17,7 @@ async def serve(settings: GatewaySettings) -> None:
     gateway = build_gateway(settings)
 
     async def start_rest() -> None:
+        await gateway.start_recording()
         await gateway.start_rest()
         log.info("rest_listening", port=gateway.rest.port)
 
@@ -25,6 +26,8 @@ async def serve(settings: GatewaySettings) -> None:
     finally:
         await gateway.stop_rest()
         await gateway.upstreams.close()
+        if gateway.feedback is not None:
+            await gateway.feedback.close()
 
 
 def main() -> None:

@@ -6,11 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 from ragfleet.domain import GenerationParams, TokenEvent, Usage
+from ragfleet.flywheel.recorder import SpooledRecorder
+from ragfleet.flywheel.records import AnswerRecord, SourceRecord
+from ragfleet.router_model import escalation_reason
 from ragfleet.runtime.channels import Deadline
 from ragfleet.runtime.errors import RagfleetError
 from ragfleet.runtime.logging import get_logger
@@ -24,8 +29,11 @@ from ragfleet_gateway.domain import (
     AskResult,
     AttemptOutcome,
     QueryRewrite,
+    RestartEvent,
     RetrievalOptions,
+    RetrievalResult,
     RewriteEvent,
+    Route,
     Source,
     SourcesEvent,
 )
@@ -49,6 +57,7 @@ from ragfleet_gateway.prompt import (
     retrieval_only_text,
 )
 from ragfleet_gateway.retrieval import Retrieval, Stopwatch
+from ragfleet_gateway.routing import CascadeRouter, build_router
 from ragfleet_gateway.settings import GatewaySettings
 from ragfleet_gateway.validation import check_ask
 
@@ -86,9 +95,11 @@ class Answering:
         retrieval: Retrieval,
         generator: Generator,
         model_generators: Mapping[str, Generator] | None = None,
+        recorder: SpooledRecorder | None = None,
     ) -> None:
         """``generator`` serves every model of ``settings.models`` that ``model_generators``
-        (model name -> generator) does not map elsewhere."""
+        (model name -> generator) does not map elsewhere; ``recorder`` keeps every answer for
+        feedback (none: answers carry no id)."""
         self.settings = settings
         self._retrieval = retrieval
         self._chain = _fallback_chain(settings, generator, model_generators or {})
@@ -100,6 +111,8 @@ class Answering:
         )
         self._rewriter = FollowupRewriter(settings)
         self._prices = PriceTable.from_settings(settings)
+        self._router = build_router(settings)
+        self._recorder = recorder
 
     def ask(self, request: AskRequest, deadline: Deadline) -> AsyncGenerator[AskEvent, None]:
         """Validates ``request`` now (raising ``InvalidInput``, or ``NotFound`` listing the
@@ -113,11 +126,15 @@ class Answering:
 
         Retrieval may use ``retrieval_budget_share`` of the deadline, at most
         ``retrieval_budget_max_s``; generation gets the rest, through the fallback chain
-        (``ragfleet_gateway.fallback``). The sources are the hits that fit the context budget.
-        With no sources, or a best dense score below ``min_dense_score``, the answer is
-        ``no_answer_text`` without asking a model (``answered`` false); an answer that declines
-        with that text cites nothing. When every model fails, the answer is made of the
-        passages themselves and marked degraded.
+        (``ragfleet_gateway.fallback``) from the model the router chose
+        (``ragfleet_gateway.routing``; a request naming a model is not routed). Under the
+        cascade, a cheap answer that fails ``escalation_reason`` is discarded with a
+        ``RestartEvent`` and the strong model answers. The sources are the hits that fit the
+        context budget. With no sources, or a best dense score below ``min_dense_score``, the
+        answer is ``no_answer_text`` without asking a model (``answered`` false); an answer
+        that declines with that text cites nothing. When every model fails, the answer is made
+        of the passages themselves and marked degraded. With a recorder, every answer gets an
+        ``answer_id`` and is recorded for feedback.
         """
         options = check_ask(request, self.settings)
         links = self._chain.links_from(request.model)
@@ -152,20 +169,20 @@ class Answering:
         best = retrieval.best_dense_score
         if not sources or (threshold is not None and best is not None and best < threshold):
             yield TokenEvent(self.settings.no_answer_text)
-            yield AnswerEvent(
-                Answer(
-                    self.settings.no_answer_text,
-                    [],
-                    "",
-                    Usage(),
-                    watch.timings(),
-                    reasons,
-                    answered=False,
-                    history_trimmed=trimmed,
-                    cost_usd=None if self._prices is None else 0.0,
-                )
+            declined = Answer(
+                self.settings.no_answer_text,
+                [],
+                "",
+                Usage(),
+                watch.timings(),
+                reasons,
+                answered=False,
+                history_trimmed=trimmed,
+                cost_usd=None if self._prices is None else 0.0,
             )
+            yield AnswerEvent(self._record(declined, request, options, sources))
             return
+        route = self._route(request, query, retrieval)
         params = GenerationParams(
             model=request.model,
             messages=self._prompt.messages(question, sources, history),
@@ -181,35 +198,145 @@ class Answering:
             ),
             stop=self.settings.stop_sequences,
         )
-        result: ChainResult | None = None
         start = time.perf_counter()
-        async with contextlib.aclosing(self._chain.stream(params, deadline, links)) as events:
+        results: list[ChainResult] = []
+        links = self._chain.links_to(route.model)
+        async with contextlib.aclosing(self._generate(params, deadline, links, results)) as events:
             async for event in events:
-                if isinstance(event, ChainResult):
-                    result = event
-                else:
+                yield event
+        result = results[-1]
+        why = self._escalation(route, result, query, sources)
+        if why is not None:
+            router = self._router
+            assert isinstance(router, CascadeRouter)
+            yield RestartEvent(route.model, f"escalated to {router.strong}: {why}")
+            cheap = result
+            links = self._chain.links_to(router.strong, without=[router.cheap])
+            async with contextlib.aclosing(
+                self._generate(params, deadline, links, results)
+            ) as events:
+                async for event in events:
                     yield event
+            result = results[-1]
+            if result.done is None:
+                # No model of the escalation answered: the cheap answer stands, sent again (the
+                # client discarded it at the restart).
+                route = replace(route, reason=f"{why}; no stronger model answered")
+                result = replace(cheap, attempts=[*cheap.attempts, *result.attempts])
+                yield TokenEvent(result.text)
+            else:
+                route = replace(route, escalated=True, reason=f"escalated: {why}")
+                result = _escalated(cheap, result)
         watch.stages["generate"] = (time.perf_counter() - start) * 1000
-        assert result is not None, "a fallback chain always ends with its result"
         answer = self._priced(self._answer(result, query, sources, reasons, watch))
+        answer = replace(answer, history_trimmed=trimmed, route=route)
         log.info(
             "answered",
             model=answer.model,
             answered=answer.answered,
+            route=route.policy,
+            escalated=route.escalated,
             attempts=len(answer.attempts),
             prompt_tokens=answer.usage.prompt_tokens,
             completion_tokens=answer.usage.completion_tokens,
             cost_usd=answer.cost_usd,
             degraded=answer.degraded,
         )
-        yield AnswerEvent(replace(answer, history_trimmed=trimmed))
+        yield AnswerEvent(self._record(answer, request, options, sources))
+
+    async def _generate(
+        self,
+        params: GenerationParams,
+        deadline: Deadline,
+        links: list[ChainLink],
+        results: list[ChainResult],
+    ) -> AsyncGenerator[AskEvent, None]:
+        """The chain's token and restart events over ``links``; its result is appended to
+        ``results``."""
+        async with contextlib.aclosing(self._chain.stream(params, deadline, links)) as events:
+            async for event in events:
+                if isinstance(event, ChainResult):
+                    results.append(event)
+                else:
+                    yield event
+        assert results, "a fallback chain always ends with its result"
+
+    def _route(self, request: AskRequest, query: str, retrieval: RetrievalResult) -> Route:
+        if request.model:
+            return Route("requested", request.model, "the request named the model")
+        return self._router.choose(query, retrieval)
+
+    def _escalation(
+        self, route: Route, result: ChainResult, question: str, sources: list[Source]
+    ) -> str | None:
+        """Why the cascade should ask the strong model after ``result`` (None: it should not,
+        or this is not a cascade's cheap answer)."""
+        router = self._router
+        if (
+            not isinstance(router, CascadeRouter)
+            or route.policy != router.policy
+            or result.done is None
+            or (result.done.model or result.attempts[-1].model) != router.cheap
+        ):
+            return None
+        declined = is_refusal(result.text, self.settings.no_answer_text)
+        cited = [] if declined else attribute_citations(result.text, question, sources)
+        return escalation_reason(result.text, not declined, len(cited), result.done.finish_reason)
+
+    def _record(
+        self,
+        answer: Answer,
+        request: AskRequest,
+        options: RetrievalOptions,
+        sources: list[Source],
+    ) -> Answer:
+        """``answer`` with an id, handed to the recorder (unchanged without one). The recorder
+        spools it to disk at once and never waits for the store."""
+        if self._recorder is None:
+            return answer
+        answer = replace(answer, answer_id=uuid.uuid4().hex)
+        route = answer.route
+        self._recorder.submit(
+            AnswerRecord(
+                answer_id=answer.answer_id,
+                tenant=options.tenant,
+                created_at=datetime.now(UTC),
+                question=request.question,
+                history=[{"role": m.role, "content": m.content} for m in request.history],
+                answer=answer.text,
+                answered=answer.answered,
+                model=answer.model,
+                route="" if route is None else f"{route.policy}: {route.reason}".rstrip(": "),
+                sources=[
+                    SourceRecord(
+                        number=s.number,
+                        chunk_id=s.hit.chunk.id,
+                        source=s.hit.chunk.source,
+                        title=s.hit.chunk.title,
+                        text=s.hit.chunk.text,
+                        score=s.hit.score,
+                    )
+                    for s in sources
+                ],
+                cited=[c.number for c in answer.citations],
+                prompt_tokens=answer.usage.prompt_tokens,
+                completion_tokens=answer.usage.completion_tokens,
+                cost_usd=answer.cost_usd,
+                timings_ms={t.stage: t.ms for t in answer.timings},
+            )
+        )
+        return answer
 
     def _priced(self, answer: Answer) -> Answer:
         """``answer`` with its attempts' costs and their total, counted in the metrics
         (unchanged without a price table)."""
         if self._prices is None:
             return answer
-        attempts, total = self._prices.price_all(answer.attempts)
+        # Without a chain, the one link is the generator's default model: priced by the name it
+        # reported when the table has it (a local table lists the models by name).
+        attempts, total = self._prices.price_all(
+            answer.attempts, answer.model if not self.settings.models else ""
+        )
         record_cost(attempts, passthrough=not self.settings.models)
         return replace(answer, attempts=attempts, cost_usd=total)
 
@@ -265,6 +392,18 @@ class Answering:
             restarted=result.restarted,
             finish_reason=result.done.finish_reason,
         )
+
+
+def _escalated(cheap: ChainResult, strong: ChainResult) -> ChainResult:
+    """The strong model's result, with the cheap model's tries first: its answer marked
+    escalated (its cost still counts)."""
+    tries = [
+        replace(a, outcome=AttemptOutcome.ESCALATED, reason="failed the cascade check")
+        if a.outcome is AttemptOutcome.SUCCEEDED
+        else a
+        for a in cheap.attempts
+    ]
+    return replace(strong, attempts=[*tries, *strong.attempts], restarted=True)
 
 
 async def collect(events: AsyncGenerator[AskEvent, None]) -> AskResult:

@@ -264,6 +264,7 @@ GRPC_ROLES: dict[str, Role] = {
     "/ragfleet.gateway.v1.GatewayService/Ask": Role.QUERY,
     "/ragfleet.gateway.v1.GatewayService/Retrieve": Role.QUERY,
     "/ragfleet.gateway.v1.GatewayService/Ingest": Role.INGEST,
+    "/ragfleet.gateway.v1.GatewayService/Feedback": Role.QUERY,
 }
 """The role each RPC needs; an RPC not listed needs ``admin``, so a new one starts closed."""
 

@@ -91,6 +91,9 @@ class AttemptOutcome(StrEnum):
     FAILED = "failed"
     SKIPPED = "skipped"
     REJECTED = "rejected"
+    ESCALATED = "escalated"
+    """It answered, but the router's cascade check found the answer wanting and asked the next
+    model (its text was discarded)."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,20 @@ class ModelAttempt:
 
 
 @dataclass(frozen=True)
+class Route:
+    """Which model the router chose first, and why. ``policy``: none (no router), requested
+    (the request named the model), classifier, signals or cascade; ``score`` is the policy's
+    number (the classifier's probability of needing the strong model, the signal's value);
+    ``escalated`` is True when the cascade moved from the cheap model to the strong one."""
+
+    policy: str
+    model: str
+    reason: str = ""
+    score: float | None = None
+    escalated: bool = False
+
+
+@dataclass(frozen=True)
 class Answer:
     """``answered`` is False when the documents do not answer the question (nothing relevant
     retrieved, or the model declined: no citations) and for a retrieval-only answer
@@ -120,7 +137,8 @@ class Answer:
     ``history_trimmed`` counts the earlier messages left out of the prompt (the oldest first)
     to fit the history budget; ``finish_reason`` is the answering model's ("" when no model
     answered). ``cost_usd`` is the sum of the attempts' costs (0 when no model was asked; None
-    without a price table)."""
+    without a price table). ``answer_id`` names the answer in a later feedback call (empty when
+    the gateway records no answers)."""
 
     text: str
     citations: list[Citation]
@@ -134,6 +152,8 @@ class Answer:
     history_trimmed: int = 0
     finish_reason: str = ""
     cost_usd: float | None = None
+    answer_id: str = ""
+    route: Route | None = None
 
     @property
     def degraded(self) -> bool:
@@ -207,6 +227,16 @@ class AskRequest:
     max_tokens: int | None = None
     temperature: float | None = None
     history: tuple[ChatMessage, ...] = ()
+
+
+@dataclass(frozen=True)
+class FeedbackRequest:
+    """A rating (1-5) of the answer ``answer_id``, with an optional comment and correction."""
+
+    answer_id: str
+    rating: int
+    comment: str = ""
+    correction: str = ""
 
 
 @dataclass(frozen=True)

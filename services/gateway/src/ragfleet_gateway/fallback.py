@@ -181,6 +181,17 @@ class FallbackChain:
             f"model: {model!r} is not configured; the models are {', '.join(self.models)}"
         )
 
+    def links_to(self, model: str, without: Sequence[str] = ()) -> list[ChainLink]:
+        """The links to try when a router chose ``model``: that model first, then the rest of
+        the chain in order (its fallback), leaving out the models in ``without``. "" is the
+        chain as configured. Raises ``NotFound`` when ``model`` is not configured."""
+        if self._passthrough or not model:
+            return self.links_from(model)
+        first = self.links_from(model)[0]
+        return [first] + [
+            link for link in self._links if link.name != model and link.name not in without
+        ]
+
     async def stream(
         self, params: GenerationParams, deadline: Deadline, links: Sequence[ChainLink]
     ) -> AsyncGenerator[ChainEvent, None]:

@@ -26,6 +26,7 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute, APIRouter
+from starlette.exceptions import HTTPException
 
 from ragfleet.domain import ChatMessage, TokenEvent
 from ragfleet.runtime.channels import Deadline
@@ -113,6 +114,9 @@ class _OpenAIRoute(APIRoute):
                 return await handler(request)
             except RequestValidationError as exc:
                 return _error_response(invalid_body(exc.errors()))
+            except HTTPException as exc:
+                # FastAPI's own refusal of a body it cannot read (not UTF-8, say).
+                return _error_response(InvalidInput(f"body: {exc.detail}"))
             except Exception as exc:
                 return _error_response(sse.reported(exc))
 
@@ -240,6 +244,7 @@ def completion(result: domain.AskResult, id_: str, created: int, model: str) -> 
         citations=CitationOut.all(answer.citations),
         rewrite=None if result.rewrite is None else RewriteOut.of(result.rewrite),
         history_trimmed=answer.history_trimmed,
+        answer_id=answer.answer_id,
     )
 
 
@@ -291,6 +296,7 @@ async def _chunks(
                         model=answer.model or None,
                         citations=CitationOut.all(answer.citations),
                         history_trimmed=answer.history_trimmed,
+                        answer_id=answer.answer_id,
                     )
                 )
                 if include_usage:

@@ -132,6 +132,11 @@ class ChatCompletionOut(BaseModel):
         description="ragfleet extra: earlier messages left out of the "
         "prompt, the oldest first, to fit the history budget"
     )
+    answer_id: str = Field(
+        default="",
+        description="ragfleet extra: names the answer in POST /v1/feedback (empty when the "
+        "gateway records no answers)",
+    )
 
 
 class DeltaOut(BaseModel):
@@ -152,10 +157,10 @@ class RestartChunkOut(BaseModel):
 
 class ChatCompletionChunkOut(BaseModel):
     """One ``data:`` event of a streamed completion. The first chunk carries the role and the
-    ``sources`` (and ``rewrite``); the one with ``finish_reason`` carries ``citations`` and
-    ``history_trimmed``; with ``stream_options.include_usage`` a last chunk has no choices and
-    the ``usage``. A chunk with ``restart`` says a model failed mid-answer: discard the content
-    so far (the next model answers from the start)."""
+    ``sources`` (and ``rewrite``); the one with ``finish_reason`` carries ``citations``,
+    ``history_trimmed`` and ``answer_id``; with ``stream_options.include_usage`` a last chunk
+    has no choices and the ``usage``. A chunk with ``restart`` says a model failed mid-answer:
+    discard the content so far (the next model answers from the start)."""
 
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
@@ -167,6 +172,7 @@ class ChatCompletionChunkOut(BaseModel):
     rewrite: RewriteOut | None = None
     citations: list[CitationOut] | None = None
     history_trimmed: int | None = None
+    answer_id: str | None = None
     restart: RestartChunkOut | None = None
 
 

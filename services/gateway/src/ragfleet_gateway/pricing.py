@@ -34,7 +34,8 @@ class TokenPrice:
 
 
 class PriceTable:
-    """Prices by model name; the generator's default model ("" in an attempt) is
+    """Prices by model name; the generator's default model ("" in an attempt) is priced by the
+    name the generator reported for it when the table has that name, else as
     ``DEFAULT_PRICE_KEY``."""
 
     def __init__(self, prices: Mapping[str, TokenPrice]) -> None:
@@ -48,16 +49,20 @@ class PriceTable:
         table = settings.price_table()
         return cls({name: TokenPrice.of(p) for name, p in table.items()}) if table else None
 
-    def price(self, attempt: ModelAttempt) -> ModelAttempt:
+    def price(self, attempt: ModelAttempt, default_model: str = "") -> ModelAttempt:
         """``attempt`` with its cost; a model the table does not know (a name a gateway without
-        a chain passed through) stays without one."""
-        price = self._prices.get(attempt.model or DEFAULT_PRICE_KEY)
+        a chain passed through) stays without one. ``default_model``: the name the generator
+        reported for its default model."""
+        name = attempt.model or (default_model if default_model in self._prices else "")
+        price = self._prices.get(name or DEFAULT_PRICE_KEY)
         if price is None:
             return attempt
         cost = price.cost(attempt.prompt_tokens, attempt.completion_tokens)
         return dataclasses.replace(attempt, cost_usd=cost)
 
-    def price_all(self, attempts: Sequence[ModelAttempt]) -> tuple[list[ModelAttempt], float]:
+    def price_all(
+        self, attempts: Sequence[ModelAttempt], default_model: str = ""
+    ) -> tuple[list[ModelAttempt], float]:
         """Every attempt priced, and their total cost."""
-        priced = [self.price(a) for a in attempts]
+        priced = [self.price(a, default_model) for a in attempts]
         return priced, sum(a.cost_usd or 0.0 for a in priced)

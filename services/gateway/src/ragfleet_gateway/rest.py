@@ -39,6 +39,8 @@ from ragfleet_gateway.rest_schemas import (
     AskBody,
     AskOut,
     ErrorOut,
+    FeedbackBody,
+    FeedbackOut,
     HealthOut,
     IngestBody,
     IngestJobBody,
@@ -68,6 +70,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 _ASK_RESPONSES: dict[int | str, dict[str, Any]] = {
     **_ERRORS,
+    404: {"model": ErrorOut, "description": "the model is not one the gateway serves"},
     200: {
         "description": "the answer as JSON, or with stream=true a text/event-stream of "
         "events 'rewrite' (RewriteOut, with a history), 'sources' (SourcesOut), 'token' "
@@ -98,6 +101,7 @@ def create_app(
     )
     _install_error_handlers(app)
     _add_query_routes(app, pipeline, auth)
+    _add_feedback_route(app, pipeline, auth)
     add_openai_routes(app, pipeline, auth)
     _add_ingest_routes(app, pipeline, jobs or IngestJobs.from_settings(settings), auth)
     _add_health_route(app, health)
@@ -129,6 +133,26 @@ def _add_query_routes(app: FastAPI, pipeline: RagPipeline, auth: Authenticator) 
         request = body.retrieval.to_domain(principal)
         result = await pipeline.retrieve(body.query, request, deadline())
         return RetrieveOut.of(result)
+
+
+def _add_feedback_route(app: FastAPI, pipeline: RagPipeline, auth: Authenticator) -> None:
+    """``POST /v1/feedback``: a rating of an answer of the key's tenant; the query role."""
+    rater = Depends(rest_authorization(auth, Role.QUERY, "POST /v1/feedback"))
+
+    @app.post(
+        "/v1/feedback",
+        response_model=FeedbackOut,
+        responses={
+            **_ERRORS,
+            404: {"model": ErrorOut, "description": "no such answer in the key's tenant"},
+            409: {"model": ErrorOut, "description": "this gateway records no answers"},
+        },
+    )
+    async def feedback(body: FeedbackBody, principal: Principal = rater) -> FeedbackOut:
+        """Rates an earlier answer (``answer.answer_id``); a correction becomes the reference
+        answer of exported evaluation sets (``ragfleet flywheel export``)."""
+        feedback_id = await pipeline.feedback(principal.tenant_for(""), body.to_domain())
+        return FeedbackOut(feedback_id=feedback_id)
 
 
 def _add_ingest_routes(

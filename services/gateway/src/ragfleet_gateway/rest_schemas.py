@@ -110,6 +110,24 @@ class DocumentBody(_Body):
         )
 
 
+class FeedbackBody(_Body):
+    answer_id: str = Field(description="answer.answer_id of the answer rated")
+    rating: int = Field(description="1 (wrong or useless) to 5 (right and well supported)")
+    comment: str = Field(default="", description="at most 4,000 characters")
+    correction: str = Field(
+        default="",
+        description="the answer that is right, at most 4,000 characters: it becomes the "
+        "reference answer in exported evaluation sets",
+    )
+
+    def to_domain(self) -> domain.FeedbackRequest:
+        return domain.FeedbackRequest(self.answer_id, self.rating, self.comment, self.correction)
+
+
+class FeedbackOut(BaseModel):
+    feedback_id: str
+
+
 class IngestBody(_Body):
     documents: list[DocumentBody]
     tenant: str = Field(default="", description="empty: the API key's tenant")
@@ -247,7 +265,10 @@ class UsageOut(BaseModel):
 
 class AttemptOut(BaseModel):
     model: str = Field(description="empty: the generator's default model")
-    outcome: Literal["succeeded", "failed", "skipped", "rejected"]
+    outcome: Literal["succeeded", "failed", "skipped", "rejected", "escalated"] = Field(
+        description="escalated: it answered, but the router's cascade check found the answer "
+        "wanting and the next model answered instead"
+    )
     reason: str
     discarded_chars: int
     ms: float
@@ -265,6 +286,29 @@ class RestartOut(BaseModel):
 
     model: str
     reason: str
+
+
+class RouteOut(BaseModel):
+    """Which model the router chose first, and why."""
+
+    policy: Literal["none", "requested", "classifier", "signals", "cascade"]
+    model: str
+    reason: str
+    score: float | None = Field(
+        description="the classifier's probability that the question needs the strong model, "
+        "or the signal's value; null when the policy has none"
+    )
+    escalated: bool = Field(description="the cascade moved from the cheap model to the strong one")
+
+    @classmethod
+    def of(cls, route: domain.Route) -> RouteOut:
+        return cls(
+            policy=route.policy,  # type: ignore[arg-type]
+            model=route.model,
+            reason=route.reason,
+            score=route.score,
+            escalated=route.escalated,
+        )
 
 
 class AnswerOut(BaseModel):
@@ -289,6 +333,11 @@ class AnswerOut(BaseModel):
         description="USD, the sum of the attempts' costs (0 when no model was asked); null "
         "when the gateway has no price table"
     )
+    answer_id: str = Field(
+        description="names this answer in POST /v1/feedback; empty when the gateway records "
+        "no answers"
+    )
+    route: RouteOut | None = Field(description="the router's choice; null when no model was asked")
 
     @classmethod
     def of(cls, answer: domain.Answer) -> AnswerOut:
@@ -324,6 +373,8 @@ class AnswerOut(BaseModel):
             restarted=answer.restarted,
             history_trimmed=answer.history_trimmed,
             cost_usd=answer.cost_usd,
+            answer_id=answer.answer_id,
+            route=None if answer.route is None else RouteOut.of(answer.route),
         )
 
 

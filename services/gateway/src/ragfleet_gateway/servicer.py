@@ -32,6 +32,7 @@ from ragfleet_gateway.domain import (
     AskRequest,
     AttemptOutcome,
     Document,
+    FeedbackRequest,
     RestartEvent,
     RetrievalRequest,
     RewriteEvent,
@@ -77,6 +78,7 @@ _OUTCOMES = {
     AttemptOutcome.FAILED: gateway_pb2.ATTEMPT_OUTCOME_FAILED,
     AttemptOutcome.SKIPPED: gateway_pb2.ATTEMPT_OUTCOME_SKIPPED,
     AttemptOutcome.REJECTED: gateway_pb2.ATTEMPT_OUTCOME_REJECTED,
+    AttemptOutcome.ESCALATED: gateway_pb2.ATTEMPT_OUTCOME_ESCALATED,
 }
 
 
@@ -126,6 +128,18 @@ def answer_to_proto(answer: Answer) -> gateway_pb2.Answer:
         restarted=answer.restarted,
         history_trimmed=answer.history_trimmed,
         cost_usd=answer.cost_usd,
+        answer_id=answer.answer_id,
+        route=(
+            None
+            if answer.route is None
+            else gateway_pb2.Route(
+                policy=answer.route.policy,
+                model=answer.route.model,
+                reason=answer.route.reason,
+                score=answer.route.score,
+                escalated=answer.route.escalated,
+            )
+        ),
     )
 
 
@@ -226,6 +240,15 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         return gateway_pb2.IngestResponse(
             documents=result.documents, chunks=result.chunks, replaced=result.replaced
         )
+
+    async def Feedback(
+        self, request: gateway_pb2.FeedbackRequest, context: Context
+    ) -> gateway_pb2.FeedbackResponse:
+        feedback_id = await self._pipeline.feedback(
+            current_principal().tenant_for(""),
+            FeedbackRequest(request.answer_id, request.rating, request.comment, request.correction),
+        )
+        return gateway_pb2.FeedbackResponse(feedback_id=feedback_id)
 
     async def _ingest_source(
         self, request: gateway_pb2.IngestRequest, tenant: str

@@ -132,8 +132,12 @@ class GatewaySettings(ServiceSettings):
     )
 
     # --- upstreams -----------------------------------------------------------------------
-    embedder_address: str = "127.0.0.1:50051"
-    retriever_address: str = "127.0.0.1:50052"
+    embedder_address: str = Field(
+        default="127.0.0.1:50051",
+        description="host:port, or replicas as host:port,host:port (balanced round-robin; a "
+        "call that fails UNAVAILABLE is retried on another)",
+    )
+    retriever_address: str = Field(default="127.0.0.1:50052", description="as embedder_address")
     generator_address: str = Field(
         default="127.0.0.1:50053", description="the Ray Serve gRPC proxy"
     )
@@ -157,6 +161,42 @@ class GatewaySettings(ServiceSettings):
         description="a JSON or YAML file holding the price table; its entries join prices "
         "(prices wins for a model in both)",
     )
+    # --- routing (ragfleet_gateway.routing; docs/routing.md) -----------------------------------
+    routing: Literal["none", "classifier", "signals", "cascade"] = Field(
+        default="none",
+        description="how each question picks its first model: none (the chain's first), "
+        "classifier (router_model_file on the question), signals (retrieval scores), cascade "
+        "(the cheap model first; the strong one when its answer fails the check)",
+    )
+    routing_cheap_model: str = Field(
+        default="", description="the cheap model, one of models; required unless routing is none"
+    )
+    routing_strong_model: str = Field(
+        default="", description="the strong model, one of models; required unless routing is none"
+    )
+    routing_threshold: float | None = Field(
+        default=None,
+        description="classifier: the strong model when its probability is at least this "
+        "(default: the model file's threshold); signals: the strong model when the best "
+        "retrieval score is below this (required)",
+    )
+    router_model_file: Path | None = Field(
+        default=None,
+        description="the classifier written by `ragfleet train router` (routing classifier)",
+    )
+
+    # --- answer records and feedback (ragfleet.flywheel; docs/routing.md) -----------------------
+    feedback_store: str = Field(
+        default="",
+        description="where answers and their feedback are kept: sqlite:///PATH or "
+        "postgresql://USER:PASSWORD@HOST:PORT/DB (`ragfleet up` uses a SQLite file in its "
+        "home); empty: answers are not recorded and Feedback is refused",
+    )
+    feedback_spool_dir: Path = Field(
+        default=Path("var/feedback/spool"),
+        description="answer records wait here (one JSON line each) until the store takes them",
+    )
+
     upstream_retry_attempts: int = Field(
         default=3,
         ge=1,
@@ -406,6 +446,22 @@ class GatewaySettings(ServiceSettings):
                     f"prices: no price for model {', '.join(map(repr, unpriced))}; every model "
                     "of the chain needs one when a price table is configured"
                 )
+        if self.routing != "none":
+            for role, name in (
+                ("routing_cheap_model", self.routing_cheap_model),
+                ("routing_strong_model", self.routing_strong_model),
+            ):
+                if name not in names:
+                    raise ValueError(
+                        f"{role}: {name!r} is not one of models ({', '.join(names) or 'none'}); "
+                        f"routing {self.routing} needs both models in the chain"
+                    )
+            if self.routing_cheap_model == self.routing_strong_model:
+                raise ValueError("routing_cheap_model and routing_strong_model must differ")
+            if self.routing == "classifier" and self.router_model_file is None:
+                raise ValueError("routing classifier needs router_model_file")
+            if self.routing == "signals" and self.routing_threshold is None:
+                raise ValueError("routing signals needs routing_threshold")
         if self.chunk_overlap_chars >= self.chunk_size_chars:
             raise ValueError("chunk_overlap_chars must be smaller than chunk_size_chars")
         if self.chunk_overlap_tokens >= self.chunk_size_tokens:

@@ -64,6 +64,10 @@ class _AttemptOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Attemp
     """Not tried: the model's circuit breaker was open."""
     ATTEMPT_OUTCOME_REJECTED: _AttemptOutcome.ValueType  # 4
     """The model refused the request as invalid (INVALID_ARGUMENT, NOT_FOUND); the ask failed."""
+    ATTEMPT_OUTCOME_ESCALATED: _AttemptOutcome.ValueType  # 5
+    """The model answered, but the router's cascade check found the answer wanting (see Route) and
+    asked the next model; its text was discarded (a Restart event was sent).
+    """
 
 class AttemptOutcome(_AttemptOutcome, metaclass=_AttemptOutcomeEnumTypeWrapper): ...
 
@@ -75,6 +79,10 @@ ATTEMPT_OUTCOME_SKIPPED: AttemptOutcome.ValueType  # 3
 """Not tried: the model's circuit breaker was open."""
 ATTEMPT_OUTCOME_REJECTED: AttemptOutcome.ValueType  # 4
 """The model refused the request as invalid (INVALID_ARGUMENT, NOT_FOUND); the ask failed."""
+ATTEMPT_OUTCOME_ESCALATED: AttemptOutcome.ValueType  # 5
+"""The model answered, but the router's cascade check found the answer wanting (see Route) and
+asked the next model; its text was discarded (a Restart event was sent).
+"""
 Global___AttemptOutcome: _TypeAlias = AttemptOutcome  # noqa: Y015
 
 @_typing.final
@@ -388,6 +396,52 @@ class Restart(_message.Message):
 Global___Restart: _TypeAlias = Restart  # noqa: Y015
 
 @_typing.final
+class Route(_message.Message):
+    """Which model the router chose for the question, and why."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    ESCALATED_FIELD_NUMBER: _builtins.int
+    policy: _builtins.str
+    """none (no router: the chain's first model or the one the request named), requested (the
+    request named a model), classifier, signals or cascade.
+    """
+    model: _builtins.str
+    """The model asked first."""
+    reason: _builtins.str
+    """In words: the classifier's probability against its threshold, the signal's value, or what
+    the cascade's check found.
+    """
+    score: _builtins.float
+    """The policy's score (the classifier's probability that the question needs the strong model,
+    the signal's value); unset when the policy has none.
+    """
+    escalated: _builtins.bool
+    """True when the cascade escalated from the cheap model to the strong one."""
+    def __init__(
+        self,
+        *,
+        policy: _builtins.str = ...,
+        model: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        score: _builtins.float | None = ...,
+        escalated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_score", b"_score", "score", b"score"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_score", b"_score", "escalated", b"escalated", "model", b"model", "policy", b"policy", "reason", b"reason", "score", b"score"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__score: _TypeAlias = _typing.Literal["score"]  # noqa: Y015
+    _WhichOneofArgType__score: _TypeAlias = _typing.Literal["_score", b"_score"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__score) -> _WhichOneofReturnType__score | None: ...
+
+Global___Route: _TypeAlias = Route  # noqa: Y015
+
+@_typing.final
 class Answer(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -403,6 +457,8 @@ class Answer(_message.Message):
     RESTARTED_FIELD_NUMBER: _builtins.int
     HISTORY_TRIMMED_FIELD_NUMBER: _builtins.int
     COST_USD_FIELD_NUMBER: _builtins.int
+    ANSWER_ID_FIELD_NUMBER: _builtins.int
+    ROUTE_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     model: _builtins.str
     degraded: _builtins.bool
@@ -422,6 +478,8 @@ class Answer(_message.Message):
     """USD: the sum of the attempts' costs (0 when no model was asked); unset when the gateway has
     no price table.
     """
+    answer_id: _builtins.str
+    """Names this answer in a later Feedback call; empty when the gateway records no answers."""
     @_builtins.property
     def citations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Citation]: ...
     @_builtins.property
@@ -434,6 +492,8 @@ class Answer(_message.Message):
     def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelAttempt]:
         """Every try of every model, in order (empty when no model was asked)."""
 
+    @_builtins.property
+    def route(self) -> Global___Route: ...
     def __init__(
         self,
         *,
@@ -449,10 +509,12 @@ class Answer(_message.Message):
         restarted: _builtins.bool = ...,
         history_trimmed: _builtins.int = ...,
         cost_usd: _builtins.float | None = ...,
+        answer_id: _builtins.str = ...,
+        route: Global___Route | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "cost_usd", b"cost_usd", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "cost_usd", b"cost_usd", "route", b"route", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "answered", b"answered", "attempts", b"attempts", "citations", b"citations", "cost_usd", b"cost_usd", "degraded", b"degraded", "degraded_reasons", b"degraded_reasons", "history_trimmed", b"history_trimmed", "model", b"model", "restarted", b"restarted", "text", b"text", "timings", b"timings", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "answer_id", b"answer_id", "answered", b"answered", "attempts", b"attempts", "citations", b"citations", "cost_usd", b"cost_usd", "degraded", b"degraded", "degraded_reasons", b"degraded_reasons", "history_trimmed", b"history_trimmed", "model", b"model", "restarted", b"restarted", "route", b"route", "text", b"text", "timings", b"timings", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cost_usd: _TypeAlias = _typing.Literal["cost_usd"]  # noqa: Y015
     _WhichOneofArgType__cost_usd: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd"]  # noqa: Y015
@@ -724,3 +786,56 @@ class IngestResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___IngestResponse: _TypeAlias = IngestResponse  # noqa: Y015
+
+@_typing.final
+class FeedbackRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANSWER_ID_FIELD_NUMBER: _builtins.int
+    RATING_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    CORRECTION_FIELD_NUMBER: _builtins.int
+    answer_id: _builtins.str
+    """Answer.answer_id of the answer rated."""
+    rating: _builtins.int
+    """1 (wrong or useless) to 5 (right and well supported)."""
+    comment: _builtins.str
+    """Optional, at most 4,000 characters each."""
+    correction: _builtins.str
+    """The answer the caller says is right: it becomes the reference answer in exported
+    evaluation sets.
+    """
+    def __init__(
+        self,
+        *,
+        answer_id: _builtins.str = ...,
+        rating: _builtins.int = ...,
+        comment: _builtins.str = ...,
+        correction: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_id", b"answer_id", "comment", b"comment", "correction", b"correction", "rating", b"rating"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeedbackRequest: _TypeAlias = FeedbackRequest  # noqa: Y015
+
+@_typing.final
+class FeedbackResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEEDBACK_ID_FIELD_NUMBER: _builtins.int
+    feedback_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        feedback_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feedback_id", b"feedback_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeedbackResponse: _TypeAlias = FeedbackResponse  # noqa: Y015

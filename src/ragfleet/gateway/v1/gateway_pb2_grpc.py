@@ -49,6 +49,11 @@ class GatewayServiceStub:
                 request_serializer=ragfleet_dot_gateway_dot_v1_dot_gateway__pb2.IngestRequest.SerializeToString,
                 response_deserializer=ragfleet_dot_gateway_dot_v1_dot_gateway__pb2.IngestResponse.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/ragfleet.gateway.v1.GatewayService/Feedback',
+                request_serializer=ragfleet_dot_gateway_dot_v1_dot_gateway__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=ragfleet_dot_gateway_dot_v1_dot_gateway__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -74,6 +79,15 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Feedback(self, request, context):
+        """A rating (and optionally a comment or a correction) of an earlier answer, by its
+        Answer.answer_id, in the caller's tenant. NOT_FOUND for an id the tenant never received;
+        UNAVAILABLE when the feedback store is down (nothing is recorded then: retry).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -91,6 +105,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.Ingest,
                     request_deserializer=ragfleet_dot_gateway_dot_v1_dot_gateway__pb2.IngestRequest.FromString,
                     response_serializer=ragfleet_dot_gateway_dot_v1_dot_gateway__pb2.IngestResponse.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=ragfleet_dot_gateway_dot_v1_dot_gateway__pb2.FeedbackRequest.FromString,
+                    response_serializer=ragfleet_dot_gateway_dot_v1_dot_gateway__pb2.FeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -174,6 +193,33 @@ class GatewayService:
             '/ragfleet.gateway.v1.GatewayService/Ingest',
             ragfleet_dot_gateway_dot_v1_dot_gateway__pb2.IngestRequest.SerializeToString,
             ragfleet_dot_gateway_dot_v1_dot_gateway__pb2.IngestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ragfleet.gateway.v1.GatewayService/Feedback',
+            ragfleet_dot_gateway_dot_v1_dot_gateway__pb2.FeedbackRequest.SerializeToString,
+            ragfleet_dot_gateway_dot_v1_dot_gateway__pb2.FeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

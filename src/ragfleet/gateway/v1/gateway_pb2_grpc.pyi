@@ -37,6 +37,11 @@ class GatewayServiceStub:
     """
     Retrieve: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.RetrieveRequest, _gateway_pb2.RetrieveResponse]
     Ingest: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.IngestRequest, _gateway_pb2.IngestResponse]
+    Feedback: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.FeedbackRequest, _gateway_pb2.FeedbackResponse]
+    """A rating (and optionally a comment or a correction) of an earlier answer, by its
+    Answer.answer_id, in the caller's tenant. NOT_FOUND for an id the tenant never received;
+    UNAVAILABLE when the feedback store is down (nothing is recorded then: retry).
+    """
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -47,6 +52,11 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """
     Retrieve: _aio.UnaryUnaryMultiCallable[_gateway_pb2.RetrieveRequest, _gateway_pb2.RetrieveResponse]  # type: ignore[assignment]
     Ingest: _aio.UnaryUnaryMultiCallable[_gateway_pb2.IngestRequest, _gateway_pb2.IngestResponse]  # type: ignore[assignment]
+    Feedback: _aio.UnaryUnaryMultiCallable[_gateway_pb2.FeedbackRequest, _gateway_pb2.FeedbackResponse]  # type: ignore[assignment]
+    """A rating (and optionally a comment or a correction) of an earlier answer, by its
+    Answer.answer_id, in the caller's tenant. NOT_FOUND for an id the tenant never received;
+    UNAVAILABLE when the feedback store is down (nothing is recorded then: retry).
+    """
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -72,5 +82,16 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.IngestRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.IngestResponse, _abc.Awaitable[_gateway_pb2.IngestResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Feedback(
+        self,
+        request: _gateway_pb2.FeedbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.FeedbackResponse, _abc.Awaitable[_gateway_pb2.FeedbackResponse]]:
+        """A rating (and optionally a comment or a correction) of an earlier answer, by its
+        Answer.answer_id, in the caller's tenant. NOT_FOUND for an id the tenant never received;
+        UNAVAILABLE when the feedback store is down (nothing is recorded then: retry).
+        """
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
