@@ -5,7 +5,9 @@ Every call takes a ``Deadline`` and sends the time left as its gRPC timeout. Fai
 domain errors naming the upstream (``from_rpc_error``). Idempotent unary calls are retried on
 UNAVAILABLE only, a few times with a short backoff and never past the deadline; the streaming
 ``Generate`` is never retried here: the caller decides, from the error kind ``generation_error``
-keeps. The clients are asynchronous; ``Blocking`` runs them from synchronous code (Ray Data
+keeps. A client's address may list several replicas (``ragfleet.runtime.channels``): its
+channel balances over them and a retried call goes to a connected one. The clients are
+asynchronous; ``Blocking`` runs them from synchronous code (Ray Data
 actors, the ingest driver) on an event loop of its own.
 """
 
@@ -41,7 +43,7 @@ from ragfleet.domain import (
 from ragfleet.embedder.v1 import embedder_pb2, embedder_pb2_grpc
 from ragfleet.generator.v1 import generator_pb2, generator_pb2_grpc
 from ragfleet.retriever.v1 import retriever_pb2, retriever_pb2_grpc
-from ragfleet.runtime.channels import Deadline, insecure_channel
+from ragfleet.runtime.channels import Deadline, RetryPolicy, insecure_channel
 from ragfleet.runtime.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -394,6 +396,17 @@ class GeneratorClient(_Client):
         except grpc.aio.AioRpcError as err:
             return f"{self.label}: {err.code().name}: {err.details()}"
         return None
+
+
+GATEWAY_RETRY = RetryPolicy("ragfleet.gateway.v1.GatewayService", ("Retrieve", "Ask"))
+"""The gateway calls a client may repeat on another replica: Retrieve only reads, and gRPC
+repeats an Ask only while no event of it has arrived. Ingest and Feedback write: never."""
+
+
+def gateway_channel(address: str, api_key: str | None = None) -> grpc.aio.Channel:
+    """A channel to the gateway replicas at ``address`` (``host:port[,host:port...]``),
+    balanced round-robin, with ``GATEWAY_RETRY``, carrying ``api_key`` as a bearer token."""
+    return insecure_channel(address, api_key, retry=[GATEWAY_RETRY])
 
 
 class Blocking:

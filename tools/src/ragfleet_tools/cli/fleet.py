@@ -4,6 +4,13 @@ wait for them to be healthy, and stop them again.
 State lives under ``home`` (default ``./var``): ``run/<name>.pid``, ``logs/<name>.log``, the
 services' data (index, model cache) and ``auth/`` (owner-only): the gateway's API keys file, the
 CLI's own key and the fleet's service credential.
+
+Replicas (``replicas`` > 1): the embedder and the gateway run that many processes each, replica
+``i`` (from 0) on its service's port + ``REPLICA_PORT_STEP * i`` and named ``<service>`` for
+the first, ``<service>-<i+1>`` after it; the generator's model deployment gets that many Ray
+Serve replicas. The retriever stays one process: its embedded index is single-writer, so two
+processes must never open one index directory (production scales it on OpenSearch).
+``run/replicas`` records how many the running fleet has, for ``status``, ``ask`` and ``down``.
 """
 
 from __future__ import annotations
@@ -27,6 +34,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+REPLICA_PORT_STEP = 10
+"""Replica ``i`` of a service listens on its port + ``REPLICA_PORT_STEP * i``: with the default
+ports the embedders on 50051, 50061, 50071..., the gateways on 50050, 50060... (REST 8080,
+8090...), clear of 50052 and 50053 (retriever, generator), 8001 and 6380."""
+MAX_REPLICAS = 8
+
 
 class FleetSettings(BaseSettings):
     """Where the local fleet lives and listens. Each ``*_port`` field reads the same variable as
@@ -45,6 +58,12 @@ class FleetSettings(BaseSettings):
     generator_http_port: int = 8001
     ray_port: int = Field(default=6380, description="GCS port of the local Ray head")
     ray_num_cpus: int = Field(default=0, ge=0, description="CPUs Ray may use; 0 means all")
+    replicas: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_REPLICAS,
+        description="processes of the embedder and the gateway, Serve replicas of the model",
+    )
     tenant: str = Field(
         default="default", min_length=1, description="the tenant of the key `ragfleet up` makes"
     )
@@ -55,10 +74,6 @@ class FleetSettings(BaseSettings):
 
     def address(self, port: int) -> str:
         return f"{self.host}:{port}"
-
-    @property
-    def gateway_address(self) -> str:
-        return self.address(self.gateway_port)
 
     @property
     def ray_address(self) -> str:
@@ -128,13 +143,88 @@ def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
+def replica_name(service: str, index: int) -> str:
+    """``service`` for the first replica (index 0), ``service-<index+1>`` for the others."""
+    return service if index == 0 else f"{service}-{index + 1}"
+
+
 class Fleet:
-    def __init__(self, settings: FleetSettings) -> None:
+    """The local fleet under ``settings.home``; ``replicas`` defaults to what the running fleet
+    recorded (``run/replicas``), else ``settings.replicas``."""
+
+    def __init__(self, settings: FleetSettings, replicas: int | None = None) -> None:
         self.settings = settings
         self.home = settings.home.resolve()
         self.run_dir = self.home / "run"
         self.log_dir = self.home / "logs"
         self.ray_dir = self.home / "ray"
+        self.replicas = replicas or self.recorded_replicas() or settings.replicas
+
+    # --- replicas ------------------------------------------------------------------------
+    @property
+    def _replicas_file(self) -> Path:
+        return self.run_dir / "replicas"
+
+    def recorded_replicas(self) -> int | None:
+        """How many replicas the fleet under ``home`` was started with (None: not recorded)."""
+        try:
+            return int(self._replicas_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def record_replicas(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._replicas_file.write_text(str(self.replicas))
+
+    def forget_replicas(self) -> None:
+        self._replicas_file.unlink(missing_ok=True)
+
+    def replica_ports(self, port: int) -> list[int]:
+        return [port + REPLICA_PORT_STEP * i for i in range(self.replicas)]
+
+    def replica_addresses(self, port: int) -> str:
+        """The comma-separated address list of a scaled service's replicas
+        (``ragfleet.runtime.channels``)."""
+        return ",".join(self.settings.address(p) for p in self.replica_ports(port))
+
+    @property
+    def embedder_addresses(self) -> str:
+        return self.replica_addresses(self.settings.embedder_port)
+
+    @property
+    def gateway_addresses(self) -> str:
+        return self.replica_addresses(self.settings.gateway_port)
+
+    def port_conflicts(self) -> list[str]:
+        """Ports the fleet would use twice (replica ports included); empty when none."""
+        s = self.settings
+        owners: dict[int, list[str]] = {}
+        ports = {
+            "retriever": [s.retriever_port],
+            "generator": [s.generator_port],
+            "generator http": [s.generator_http_port],
+            "ray": [s.ray_port],
+            "embedder": self.replica_ports(s.embedder_port),
+            "gateway": self.replica_ports(s.gateway_port),
+            "gateway rest": self.replica_ports(s.gateway_rest_port),
+        }
+        for owner, used in ports.items():
+            for port in used:
+                owners.setdefault(port, []).append(owner)
+        return [
+            f"port {port}: {' and '.join(names)}"
+            for port, names in sorted(owners.items())
+            if len(names) > 1
+        ]
+
+    def process_names(self, service: str) -> list[str]:
+        """The names of ``service``'s processes that have a pid file, whatever the replica
+        count (so ``down`` stops every replica a run started)."""
+        found = [p.stem for p in self.run_dir.glob(f"{service}*.pid")]
+        return sorted(
+            (n for n in found if n == service or n.removeprefix(f"{service}-").isdigit()),
+            key=lambda n: (len(n), n),
+        )
 
     # --- Ray -----------------------------------------------------------------------------
     @property
@@ -215,18 +305,67 @@ class Fleet:
         s = self.settings
         common = {"RAGFLEET_LOG_FORMAT": "json"}
         credential = str(self.service_credential_path)
-        return [
+        # Replicas on one machine split its cores: torch in each embedder would otherwise run
+        # a thread per core, and N embedders would fight over them.
+        threads: dict[str, str] = {}
+        if self.replicas > 1 and "OMP_NUM_THREADS" not in os.environ:
+            cores = s.ray_num_cpus or os.cpu_count() or 1
+            threads["OMP_NUM_THREADS"] = str(max(1, cores // self.replicas))
+        embedders = [
             ServiceProcess(
-                "embedder",
+                replica_name("embedder", i),
                 "ragfleet_embedder",
-                s.embedder_port,
+                port,
                 {
                     **common,
                     "RAGFLEET_EMBEDDER_HOST": s.host,
-                    "RAGFLEET_EMBEDDER_PORT": str(s.embedder_port),
+                    "RAGFLEET_EMBEDDER_PORT": str(port),
                     "RAGFLEET_EMBEDDER_SERVICE_CREDENTIAL_FILE": credential,
+                    **threads,
                 },
-            ),
+            )
+            for i, port in enumerate(self.replica_ports(s.embedder_port))
+        ]
+        gateways = [
+            ServiceProcess(
+                replica_name("gateway", i),
+                "ragfleet_gateway",
+                port,
+                {
+                    **common,
+                    "RAGFLEET_GATEWAY_HOST": s.host,
+                    "RAGFLEET_GATEWAY_PORT": str(port),
+                    "RAGFLEET_GATEWAY_REST_PORT": str(rest_port),
+                    "RAGFLEET_GATEWAY_API_KEYS_FILE": str(self.keys_file),
+                    "RAGFLEET_GATEWAY_SERVICE_CREDENTIAL_FILE": credential,
+                    "RAGFLEET_GATEWAY_EMBEDDER_ADDRESS": self.embedder_addresses,
+                    "RAGFLEET_GATEWAY_RETRIEVER_ADDRESS": s.address(s.retriever_port),
+                    "RAGFLEET_GATEWAY_GENERATOR_ADDRESS": s.address(s.generator_port),
+                    # Ingest jobs run on the fleet's Ray, never a second one in the gateway.
+                    "RAGFLEET_GATEWAY_INGEST_RAY_ADDRESS": s.ray_address,
+                    # The replicas share the answer store and the ingest manifest (SQLite
+                    # databases, which take turns writing); a spool folder is one process's.
+                    "RAGFLEET_GATEWAY_FEEDBACK_STORE": "sqlite:///"
+                    + str((self.home / "feedback" / "feedback.sqlite3").resolve()),
+                    "RAGFLEET_GATEWAY_FEEDBACK_SPOOL_DIR": str(
+                        self.home / "feedback" / replica_name("spool", i)
+                    ),
+                    "RAGFLEET_GATEWAY_INGEST_MANIFEST_PATH": str(
+                        self.home / "ingest" / "manifest.sqlite"
+                    ),
+                    **self.ray_env(),
+                },
+            )
+            for i, (port, rest_port) in enumerate(
+                zip(
+                    self.replica_ports(s.gateway_port),
+                    self.replica_ports(s.gateway_rest_port),
+                    strict=True,
+                )
+            )
+        ]
+        return [
+            *embedders,
             ServiceProcess(
                 "retriever",
                 "ragfleet_retriever",
@@ -239,34 +378,22 @@ class Fleet:
                     "RAGFLEET_RETRIEVER_SERVICE_CREDENTIAL_FILE": credential,
                 },
             ),
-            ServiceProcess(
-                "gateway",
-                "ragfleet_gateway",
-                s.gateway_port,
-                {
-                    **common,
-                    "RAGFLEET_GATEWAY_HOST": s.host,
-                    "RAGFLEET_GATEWAY_PORT": str(s.gateway_port),
-                    "RAGFLEET_GATEWAY_REST_PORT": str(s.gateway_rest_port),
-                    "RAGFLEET_GATEWAY_API_KEYS_FILE": str(self.keys_file),
-                    "RAGFLEET_GATEWAY_SERVICE_CREDENTIAL_FILE": credential,
-                    "RAGFLEET_GATEWAY_EMBEDDER_ADDRESS": s.address(s.embedder_port),
-                    "RAGFLEET_GATEWAY_RETRIEVER_ADDRESS": s.address(s.retriever_port),
-                    "RAGFLEET_GATEWAY_GENERATOR_ADDRESS": s.address(s.generator_port),
-                    # Ingest jobs run on the fleet's Ray, never a second one in the gateway.
-                    "RAGFLEET_GATEWAY_INGEST_RAY_ADDRESS": s.ray_address,
-                    "RAGFLEET_GATEWAY_INGEST_MANIFEST_PATH": str(
-                        self.home / "ingest" / "manifest.sqlite"
-                    ),
-                    **self.ray_env(),
-                },
-            ),
+            *gateways,
         ]
 
     def generator_env(self) -> dict[str, str]:
+        """The deployer's environment. With replicas the model deployment gets that many Serve
+        replicas, which share the one CPU a single replica reserves (unless
+        ``RAGFLEET_GENERATOR_NUM_CPUS`` says otherwise), so Ray's other work keeps its CPUs."""
         s = self.settings
+        scaled: dict[str, str] = {}
+        if self.replicas > 1:
+            scaled["RAGFLEET_GENERATOR_NUM_REPLICAS"] = str(self.replicas)
+            if "RAGFLEET_GENERATOR_NUM_CPUS" not in os.environ:
+                scaled["RAGFLEET_GENERATOR_NUM_CPUS"] = f"{1 / self.replicas:.3f}"
         return {
             **self.ray_env(),
+            **scaled,
             "RAGFLEET_GENERATOR_RAY_ADDRESS": s.ray_address,
             "RAGFLEET_GENERATOR_HOST": s.host,
             "RAGFLEET_GENERATOR_PORT": str(s.generator_port),
@@ -276,13 +403,10 @@ class Fleet:
         }
 
     def health_targets(self) -> dict[str, str]:
+        """Every process (each replica) and the generator's Serve proxy, by name."""
         s = self.settings
-        return {
-            "embedder": s.address(s.embedder_port),
-            "retriever": s.address(s.retriever_port),
-            "generator": s.address(s.generator_port),
-            "gateway": s.address(s.gateway_port),
-        }
+        targets = {p.name: s.address(p.port) for p in self.services()}
+        return {**targets, "generator": s.address(s.generator_port)}
 
     # --- processes -----------------------------------------------------------------------
     def _pid_file(self, name: str) -> Path:

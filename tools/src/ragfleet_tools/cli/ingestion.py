@@ -82,7 +82,7 @@ def run(settings: FleetSettings, options: IngestOptions) -> IngestSummary:
         sync=options.sync,
         kind=kind,
         retriever_address=settings.address(settings.retriever_port),
-        embedder_address=settings.address(settings.embedder_port),
+        embedder_address=fleet.embedder_addresses,
         embedding=embedding,
         chunking=ChunkingConfig(),
         limits=ReadLimits(max_document_bytes=int(options.max_document_mb * 1024 * 1024)),

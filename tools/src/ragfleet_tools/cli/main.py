@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import grpc
 import typer
 
-from ragfleet.clients import RetrieverClient
+from ragfleet.clients import RetrieverClient, gateway_channel
 from ragfleet.common.v1 import common_pb2
 from ragfleet.domain import SearchMode, search_mode_to_proto
 from ragfleet.gateway.v1 import gateway_pb2, gateway_pb2_grpc
@@ -21,6 +21,8 @@ from ragfleet.runtime.channels import Deadline, insecure_channel
 from ragfleet.runtime.errors import RagfleetError
 from ragfleet_tools.cli import ingestion
 from ragfleet_tools.cli.fleet import (
+    MAX_REPLICAS,
+    REPLICA_PORT_STEP,
     Fleet,
     FleetSettings,
     ServiceExited,
@@ -28,6 +30,7 @@ from ragfleet_tools.cli.fleet import (
     wait_serving,
 )
 from ragfleet_tools.eval.cli import eval_app
+from ragfleet_tools.flywheel.cli import flywheel_app
 from ragfleet_tools.training.cli import train_app
 
 if TYPE_CHECKING:
@@ -40,6 +43,7 @@ app = typer.Typer(
 )
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
+app.add_typer(flywheel_app, name="flywheel")
 keys_app = typer.Typer(help="API keys of the gateway.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
@@ -63,12 +67,42 @@ class _StartupFailed(Exception):
 def up(
     corpus: Annotated[Path, typer.Option(help="ingested when the index is empty")] = Path("docs"),
     ingest_corpus: Annotated[bool, typer.Option("--ingest/--no-ingest")] = True,
+    replicas: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=MAX_REPLICAS,
+            help="processes of the embedder and of the gateway, and Ray Serve replicas of the "
+            f"model (default: RAGFLEET_REPLICAS, else 1); replica i listens on the port + "
+            f"{REPLICA_PORT_STEP}*i. The retriever stays one process: its embedded index is "
+            "single-writer (scale it on OpenSearch)",
+        ),
+    ] = None,
 ) -> None:
     """Start local Ray and the four services, wait until all are SERVING, ingest the corpus
     when the index is empty, and print the addresses. When a step fails, everything this run
-    started is stopped again and the step, its log and the fix are printed."""
+    started is stopped again and the step, its log and the fix are printed.
+
+    With --replicas N the embedder and the gateway run N processes each and the generator's
+    model N Serve replicas; clients balance over the replicas and retry idempotent calls on
+    another one (docs/operations.md, "High availability"). The retriever is always one
+    process: two processes must never open the same embedded index."""
     settings = FleetSettings()
     fleet = Fleet(settings)
+    running = any(fleet.running_pid(n) is not None for n in ("ray", "retriever"))
+    # A running fleet keeps its replica count unless --replicas asks for another one.
+    fleet = Fleet(settings, replicas or (None if running else settings.replicas))
+    recorded = fleet.recorded_replicas()
+    if running and recorded is not None and recorded != fleet.replicas:
+        raise _fail(
+            f"the running fleet has {recorded} replicas, not {fleet.replicas}: "
+            "run `ragfleet down` first",
+            code=2,
+        )
+    if conflicts := fleet.port_conflicts():
+        raise _fail(
+            "ports collide: " + "; ".join(conflicts) + " (set RAGFLEET_<SERVICE>_PORT)", code=2
+        )
     begun = time.monotonic()
     started: list[str] = []
     step = ""
@@ -81,6 +115,7 @@ def up(
     try:
         step = "creating the fleet's credentials"
         new_key = fleet.ensure_credentials()
+        fleet.record_replicas()
         step = "starting Ray"
         typer.echo(
             f"starting Ray on {settings.ray_address} and the services (logs: {fleet.log_dir})"
@@ -151,10 +186,13 @@ def up(
             typer.secho(f"{err}\nfix: {err.hint}", err=True, fg=typer.colors.RED)
         if stopped := fleet.stop(started):
             typer.secho(f"stopped what this run started: {', '.join(stopped)}", err=True)
+        if "ray" in started:
+            fleet.forget_replicas()  # this run began the fleet, and nothing of it runs now
         raise typer.Exit(1) from None
     for name, address in fleet.health_targets().items():
         typer.echo(f"{name:<10} grpc://{address}")
-    typer.echo(f"{'rest':<10} http://{settings.host}:{settings.gateway_rest_port}/docs")
+    for port in fleet.replica_ports(settings.gateway_rest_port):
+        typer.echo(f"{'rest':<10} http://{settings.host}:{port}/docs")
     typer.echo(f"{'logs':<10} {fleet.log_dir}")
     if new_key is not None:
         typer.echo(
@@ -196,10 +234,14 @@ def keys_create(
 
 @app.command()
 def down() -> None:
-    """Stop the services and local Ray (SIGTERM, then SIGKILL after a grace period)."""
+    """Stop the services, every replica of them, and local Ray (SIGTERM, then SIGKILL after a
+    grace period)."""
     fleet = Fleet(FleetSettings())
-    # The gateway first, so the calls it drains can still reach the services behind it.
-    for name in [*fleet.stop(["gateway"]), *fleet.stop(["embedder", "retriever", "ray"])]:
+    # The gateways first, so the calls they drain can still reach the services behind them.
+    gateways = fleet.stop(fleet.process_names("gateway"))
+    backends = fleet.stop([*fleet.process_names("embedder"), "retriever", "ray"])
+    fleet.forget_replicas()
+    for name in [*gateways, *backends]:
         typer.echo(f"stopped {name}")
 
 
@@ -240,7 +282,7 @@ def loadtest(
 
 @app.command()
 def status() -> None:
-    """Health of each service (grpc.health.v1)."""
+    """Health of each service and each replica of it (grpc.health.v1)."""
     fleet = Fleet(FleetSettings())
 
     async def check() -> dict[str, str]:
@@ -335,6 +377,36 @@ def ask(
     asyncio.run(_ask(FleetSettings(), request, timeout))
 
 
+@app.command()
+def feedback(
+    answer_id: str,
+    rating: Annotated[
+        int, typer.Option(help="1 (wrong or useless) to 5 (right and well supported)")
+    ],
+    comment: Annotated[str, typer.Option(help="what was wrong or right")] = "",
+    correction: Annotated[
+        str, typer.Option(help="the right answer: the reference answer of exported evaluation sets")
+    ] = "",
+) -> None:
+    """Rate an answer by the id `ragfleet ask` printed."""
+    request = gateway_pb2.FeedbackRequest(
+        answer_id=answer_id, rating=rating, comment=comment, correction=correction
+    )
+    feedback_id = asyncio.run(_feedback(FleetSettings(), request))
+    typer.echo(f"recorded feedback {feedback_id}")
+
+
+async def _feedback(settings: FleetSettings, request: gateway_pb2.FeedbackRequest) -> str:
+    fleet = Fleet(settings)
+    # Not retried: a second Feedback would record the rating twice.
+    async with insecure_channel(fleet.gateway_addresses, fleet.api_key()) as channel:
+        try:
+            reply = await gateway_pb2_grpc.GatewayServiceStub(channel).Feedback(request, timeout=30)
+        except grpc.aio.AioRpcError as err:
+            raise _rpc_error(err) from err
+    return reply.feedback_id
+
+
 async def _index_is_empty(settings: FleetSettings) -> bool:
     client = RetrieverClient.connect(
         settings.address(settings.retriever_port),
@@ -355,7 +427,8 @@ def _run_ingest(settings: FleetSettings, options: ingestion.IngestOptions) -> In
 
 
 async def _ask(settings: FleetSettings, request: gateway_pb2.AskRequest, timeout_s: float) -> None:
-    async with insecure_channel(settings.gateway_address, Fleet(settings).api_key()) as channel:
+    fleet = Fleet(settings)
+    async with gateway_channel(fleet.gateway_addresses, fleet.api_key()) as channel:
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         try:
             streamed = False
@@ -364,6 +437,11 @@ async def _ask(settings: FleetSettings, request: gateway_pb2.AskRequest, timeout
                 if kind == "token":
                     streamed = True
                     typer.echo(event.token, nl=False)
+                elif kind == "restart":
+                    # The text so far is discarded: another model answers from the start.
+                    typer.secho(
+                        f"\n({event.restart.reason}; answering again)\n", fg=typer.colors.YELLOW
+                    )
                 elif kind == "answer":
                     _print_answer(event.answer, streamed)
         except grpc.aio.AioRpcError as err:
@@ -389,3 +467,12 @@ def _print_answer(answer: gateway_pb2.Answer, streamed: bool) -> None:
         f"first token {answer.usage.time_to_first_token_ms:.0f} ms; "
         f"{answer.usage.tokens_per_second:.1f} tok/s; {timings}"
     )
+    if answer.route.policy not in ("", "none"):
+        typer.echo(
+            f"route: {answer.route.policy} chose {answer.route.model} ({answer.route.reason})"
+        )
+    if answer.answer_id:
+        typer.echo(
+            f"answer id {answer.answer_id} (rate it: ragfleet feedback {answer.answer_id} "
+            "--rating 1..5)"
+        )
