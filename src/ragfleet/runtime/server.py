@@ -57,6 +57,28 @@ class _Readiness:
         self.reason = "the service is still starting (loading models or indexes)"
 
 
+@dataclass(frozen=True)
+class _Undecodable:
+    """Stands in for a request whose bytes did not decode, so the call can end with
+    INVALID_ARGUMENT; raised from the deserializer, the error would reach the client as
+    UNKNOWN (and grpc would log a traceback per call)."""
+
+    error: str
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:
+            return _Undecodable(str(exc)[:200])
+
+    return decode
+
+
 def _note_deadline(context: grpc.aio.ServicerContext[Any, Any]) -> None:
     """Makes the client's deadline the task's ``REQUEST_DEADLINE`` (each RPC is a task)."""
     remaining = context.time_remaining()
@@ -106,9 +128,15 @@ class ErrorInterceptor(_ServiceInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any]:
         readiness = self._readiness
 
-        async def check_ready(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        async def check_request(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
             if not readiness.ready:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, readiness.reason)
+            if isinstance(request, _Undecodable):
+                log.info("rpc_refused", method=method, code="INVALID_ARGUMENT")
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"the request is not a valid protobuf message: {request.error}",
+                )
 
         async def fail(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
             if isinstance(exc, RagfleetError):
@@ -121,7 +149,7 @@ class ErrorInterceptor(_ServiceInterceptor):
         async def unary_unary(
             inner: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> Any:
-            await check_ready(context)
+            await check_request(request, context)
             _note_deadline(context)
             try:
                 return await inner(request, context)
@@ -133,7 +161,7 @@ class ErrorInterceptor(_ServiceInterceptor):
         async def unary_stream(
             inner: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
-            await check_ready(context)
+            await check_request(request, context)
             _note_deadline(context)
             try:
                 async for response in inner(request, context):
@@ -143,7 +171,9 @@ class ErrorInterceptor(_ServiceInterceptor):
             except Exception as exc:
                 await fail(context, exc)
 
-        return _wrap_handler(handler, unary_unary, unary_stream)
+        return _wrap_handler(
+            handler, unary_unary, unary_stream, _tolerant(handler.request_deserializer)
+        )
 
 
 def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
@@ -257,20 +287,23 @@ def _wrap_handler(
     handler: grpc.RpcMethodHandler[Any, Any],
     unary_unary: Callable[..., Awaitable[Any]],
     unary_stream: Callable[..., AsyncIterator[Any]],
+    request_deserializer: Callable[[bytes], Any] | None = None,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """``handler`` with its unary-unary or unary-stream behaviour wrapped: the wrappers take the
-    inner behaviour first, then the request and context. Other kinds pass unchanged."""
+    inner behaviour first, then the request and context; ``request_deserializer`` replaces the
+    handler's when given. Other kinds pass unchanged."""
+    deserializer = request_deserializer or handler.request_deserializer
     # partial keeps them coroutine and async-generator functions, which grpc.aio checks.
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
             functools.partial(unary_unary, handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
             functools.partial(unary_stream, handler.unary_stream),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )
     return handler
