@@ -5,6 +5,7 @@ accumulated in ``~`` (Ray's token, model caches, configs) can make a test pass."
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 
@@ -34,11 +35,20 @@ _ELSEWHERE = (
 )
 
 
+_FRESH_HOME: list[str] = []
+
+
 def pytest_configure() -> None:
     home = tempfile.mkdtemp(prefix="ragfleet-test-home-")
+    _FRESH_HOME.append(home)
     os.environ["HOME"] = home
     for name in _ELSEWHERE:
         os.environ.pop(name, None)
+
+
+def pytest_unconfigure() -> None:
+    for home in _FRESH_HOME:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def _reset_tracer_provider() -> None:
