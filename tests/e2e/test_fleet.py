@@ -8,6 +8,8 @@ needs it must make itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import os
 import socket
 import subprocess
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import grpc
 import httpx
+import psutil
 import pytest
 
 from ragfleet.gateway.v1 import gateway_pb2, gateway_pb2_grpc
@@ -109,6 +112,30 @@ def test_ask_answers_from_the_docs_with_a_citation(fleet_env: dict[str, str]) ->
     answer, _, citations = result.stdout.partition("Citations:")
     assert "50050" in answer, result.stdout
     assert "docs/configuration.md" in citations, result.stdout
+
+
+def test_every_process_of_the_fleet_listens_on_loopback_only(fleet_env: dict[str, str]) -> None:
+    # The services, Ray's head (GCS, raylet, agents) and the Serve replicas it started.
+    fleet = set()
+    for pid_file in (Path(fleet_env["RAGFLEET_HOME"]) / "run").glob("*.pid"):
+        with contextlib.suppress(psutil.NoSuchProcess, ValueError):
+            root = psutil.Process(int(pid_file.read_text().strip()))
+            fleet |= {root.pid, *(p.pid for p in root.children(recursive=True))}
+    listening = [
+        (c.laddr.ip, c.laddr.port, psutil.Process(c.pid).name())
+        for c in psutil.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN and c.pid in fleet
+    ]
+    assert len(listening) >= 8, listening  # the four services and Ray's servers at least
+    exposed = [
+        entry
+        for entry in listening
+        if not ipaddress.ip_address(entry[0].removeprefix("::ffff:")).is_loopback
+    ]
+    # Ray Serve 2.60 binds its gRPC proxy and each replica's inter-deployment server to [::]
+    # in code (serve/_private/grpc_util.py, replica.py), with no setting: docs/security.md.
+    serve = [e for e in exposed if e[2].startswith(("ray::ProxyActor", "ray::ServeReplica"))]
+    assert not [e for e in exposed if e not in serve], exposed
 
 
 def _api_key(env: dict[str, str]) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import os
 import secrets
 import signal
@@ -128,6 +129,15 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _write_secret(path: Path, value: str) -> None:
     """Writes ``value`` to a new owner-only file at ``path``; an existing file is kept."""
     try:
@@ -233,12 +243,21 @@ class Fleet:
 
     def ray_env(self) -> dict[str, str]:
         """The environment of every process that starts or joins the fleet's Ray: token
-        authentication with the fleet's own token file (never ``~/.ray``), no usage stats."""
-        return {
+        authentication with the fleet's own token file (never ``~/.ray``), no usage stats, and
+        on a loopback host a one-machine Ray. ``ray start --node-ip-address=127.0.0.1`` alone
+        replaces the loopback address by the machine's own ("remotely reachable") and its
+        servers listen on every interface; with Ray's switch for multi-machine clusters off
+        (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, which despite its name applies on Linux too)
+        the node's address stays 127.0.0.1 and GCS, raylet, agents and workers listen on
+        loopback only."""
+        env = {
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN_PATH": str(self.ray_token_path),
             "RAY_USAGE_STATS_ENABLED": "0",
         }
+        if _is_loopback(self.settings.host):
+            env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        return env
 
     def ensure_ray_token(self) -> Path:
         """Creates the fleet's Ray token (owner-only) unless it exists; returns its path."""

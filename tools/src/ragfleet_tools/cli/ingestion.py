@@ -59,6 +59,11 @@ def ray_address(settings: FleetSettings, given: str) -> str:
 def run(settings: FleetSettings, options: IngestOptions) -> IngestSummary:
     """Runs one ingestion and returns its ``IngestSummary``. Raises ``InvalidInput`` for an
     unusable source and ``Unavailable`` when the retriever cannot be reached."""
+    address = ray_address(settings, options.ray_address)
+    if address == "local":
+        # A Ray of this run's own: on loopback only, as the fleet's (Fleet.ray_env). Ray reads
+        # the switch when it is imported, below.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from ragfleet.chunking import ChunkingConfig
     from ragfleet.ingest import (
         EmbeddingBackend,
@@ -91,7 +96,7 @@ def run(settings: FleetSettings, options: IngestOptions) -> IngestSummary:
         progress=options.progress,
     )
     log = fleet.log_dir / "ingest.log"
-    with native_stderr_to(log), ray_session(ray_address(settings, options.ray_address)):
+    with native_stderr_to(log), ray_session(address):
         return run_ingest(options.source, config, manifest_path(settings, options.manifest))
 
 
