@@ -196,6 +196,13 @@ class AskTurn:
             "timings_ms": {t.stage: t.ms for t in answer.timings},
             "rewrite": self._rewrite,
             "history_trimmed": answer.history_trimmed,
+            "answer_id": answer.answer_id,
+            "route": {
+                "policy": answer.route.policy,
+                "model": answer.route.model,
+                "reason": answer.route.reason,
+                "escalated": answer.route.escalated,
+            },
         }
 
     def usage(self) -> UsageMetadata:
@@ -211,12 +218,13 @@ class ChatRagfleet(BaseChatModel):
     """Grounded answers from the ragfleet gateway's Ask RPC: it retrieves passages for the
     question, has a model of its fallback chain answer from them, and cites them.
 
-    The input is one human message, the question (the gateway answers standalone questions
-    with its own system prompt; other messages raise ``ValueError``). The reply's
+    The input is one human message, the question (the gateway answers standalone questions with
+    its own system prompt; other messages raise ``ValueError``). The reply's
     ``response_metadata`` holds ``citations`` and ``sources`` (the passages shown to the model,
-    with their numbers), ``answered`` (false when the documents do not answer it),
-    ``degraded``, ``model_name`` and per-stage ``timings_ms``; ``usage_metadata`` holds the
-    tokens. Streaming yields the answer's tokens as the model writes them; if a model fails
+    with their numbers), ``answered`` (false when the documents do not answer it), ``degraded``,
+    ``model_name``, per-stage ``timings_ms``, the router's ``route`` and the ``answer_id`` that
+    the gateway's Feedback takes (empty when it records no answers); ``usage_metadata`` holds
+    the tokens. Streaming yields the answer's tokens as the model writes them; if a model fails
     mid-answer the gateway restarts with the next one and ``response_metadata["restarted"]``
     says the streamed text includes the discarded start (``invoke`` returns only the final
     answer). ``stop`` is applied here, to the answer's text; ``model`` (per call too) picks the

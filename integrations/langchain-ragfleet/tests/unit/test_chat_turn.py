@@ -45,6 +45,8 @@ def _events(*tokens: str, text: str) -> list[gateway_pb2.AskEvent]:
                 answered=True,
                 citations=[gateway_pb2.Citation(number=1, chunk_id="c1", source="a.md")],
                 usage=common_pb2.Usage(prompt_tokens=30, completion_tokens=4),
+                answer_id="a" * 32,
+                route=gateway_pb2.Route(policy="cascade", model="m", reason="the cheap model"),
             )
         ),
     ]
@@ -57,6 +59,14 @@ def test_the_tail_adds_the_citation_the_gateway_completed() -> None:
     meta = turn.metadata("")
     assert meta["model_name"] == "m" and meta["answered"]
     assert meta["citations"][0]["source"] == meta["sources"][0]["source"] == "a.md"
+    # What the gateway's Feedback needs, and what the router did.
+    assert meta["answer_id"] == "a" * 32
+    assert meta["route"] == {
+        "policy": "cascade",
+        "model": "m",
+        "reason": "the cheap model",
+        "escalated": False,
+    }
     assert turn.usage() == {"input_tokens": 30, "output_tokens": 4, "total_tokens": 34}
 
 
