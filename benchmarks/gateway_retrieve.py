@@ -8,8 +8,15 @@ each to report SERVING on grpc.health.v1, ingests a corpus through the gateway's
 dataset is present), then times ``Retrieve`` from the client: ``--warmup`` untimed requests, then
 ``--requests`` timed ones per mode (default: the gateway's default mode, hybrid; lexical; dense)
 and per concurrency (``--concurrency 1,4``). Queries are SciFact's claims in file order (the
-docs' headings when SciFact is not ingested). Reports p50, p95 and mean client latency, and the
-median of each stage the gateway reports in ``RetrieveResponse.timings``.
+docs' headings when SciFact is not ingested). Reports p50, p95, p99 and mean client latency,
+requests per second, and the median of each stage the gateway reports in
+``RetrieveResponse.timings``.
+
+Then, with the services stopped, the same work in this process with the raw libraries (``--raw``,
+on by default): sentence-transformers' ``encode`` of each query with the same model, and the
+retriever's core (tantivy, usearch, SQLite) searching the index the services built, with the
+options the gateway sends; ``--concurrency`` callers at a time, each in its own thread. The
+report sets service and raw latency side by side, with their ratio.
 
 To compare two versions of the code, run it twice, once with the services imported from another
 checkout (a git worktree of the older commit) through ``--checkout`` or ``--pythonpath``: those
@@ -55,7 +62,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,9 +72,19 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ragfleet.common.v1 import common_pb2
+from ragfleet.domain import (
+    Filter,
+    SearchMode,
+    SearchQuery,
+    SearchResult,
+    default_embedding_model_path,
+)
 from ragfleet.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from ragfleet.runtime.channels import insecure_channel
 from ragfleet_gateway.auth import Role, add_key, new_key
+from ragfleet_gateway.settings import GatewaySettings
+from ragfleet_retriever.server import build_core
+from ragfleet_retriever.settings import RetrieverSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 SCIFACT = ROOT.parent / "shared" / "datasets" / "scifact"
@@ -77,6 +95,12 @@ MODES = {
     "hybrid": common_pb2.SEARCH_MODE_HYBRID,
     "lexical": common_pb2.SEARCH_MODE_LEXICAL,
     "dense": common_pb2.SEARCH_MODE_DENSE,
+}
+RAW_MODES = {
+    "default": SearchMode.HYBRID,  # the gateway's default_mode
+    "hybrid": SearchMode.HYBRID,
+    "lexical": SearchMode.LEXICAL,
+    "dense": SearchMode.DENSE,
 }
 _PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -382,25 +406,127 @@ async def measure(
                 run.overhead_ms.append(ms - timing.ms)
 
 
+async def measure_raw(
+    run: Run,
+    queries: list[str],
+    encode: Callable[[str], list[float]],
+    search: Callable[[str, Sequence[float], SearchMode], Awaitable[SearchResult]],
+    timed: bool = True,
+) -> None:
+    """``measure`` for the raw libraries: each of ``run.concurrency`` callers embeds a query
+    (``encode``, blocking, in its own thread) and awaits ``search`` on it."""
+    results: list[tuple[float, list[str]] | None] = [None] * len(queries)
+    indexes = iter(range(len(queries)))
+    loop = asyncio.get_running_loop()
+    embeds = run.mode != "lexical"
+
+    async def worker(pool: ThreadPoolExecutor) -> None:
+        for i in indexes:
+            began = time.perf_counter()
+            vector: Sequence[float] = ()
+            if embeds:
+                vector = await loop.run_in_executor(pool, encode, queries[i])
+            found = await search(queries[i], vector, RAW_MODES[run.mode])
+            results[i] = ((time.perf_counter() - began) * 1000, [h.chunk.id for h in found.hits])
+
+    with ThreadPoolExecutor(max_workers=run.concurrency, thread_name_prefix="raw") as pool:
+        began = time.perf_counter()
+        await asyncio.gather(*(worker(pool) for _ in range(run.concurrency)))
+        wall_s = time.perf_counter() - began
+    if not timed:
+        return
+    run.wall_s = wall_s
+    run.load = os.getloadavg()[0]
+    for result in results:
+        assert result is not None
+        run.latencies_ms.append(result[0])
+        run.hits.append(result[1])
+
+
+async def raw_baseline(
+    index_dir: Path,
+    runs: list[Run],
+    queries: list[str],
+    warmup: list[str],
+    top_k: int,
+    tenant: str,
+) -> list[Run]:
+    """One raw run for each of ``runs`` (same mode, concurrency and queries), on the index in
+    ``index_dir`` (the services must have stopped)."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(default_embedding_model_path()), local_files_only=True)
+
+    def encode(query: str) -> list[float]:
+        vector = model.encode([query], normalize_embeddings=True, show_progress_bar=False)[0]
+        return [float(x) for x in vector]
+
+    core = build_core(RetrieverSettings(data_dir=index_dir))
+    await core.load()
+
+    async def search(query: str, vector: Sequence[float], mode: SearchMode) -> SearchResult:
+        return await core.search(
+            SearchQuery(
+                query=query, vector=vector, mode=mode, top_k=top_k, filter=Filter(tenant=tenant)
+            )
+        )
+
+    raw_runs = []
+    try:
+        for service_run in runs:
+            run = Run(service_run.mode, service_run.concurrency)
+            await measure_raw(run, warmup, encode, search, timed=False)
+            await measure_raw(run, queries, encode, search)
+            raw_runs.append(run)
+            print("raw " + "\n".join(latency_table([run])[2:]), flush=True)
+    finally:
+        await core.close()
+    return raw_runs
+
+
 # --- reporting ---------------------------------------------------------------------------------
 def latency_table(runs: list[Run]) -> list[str]:
     lines = [
-        "| mode | concurrency | requests | p50 (ms) | p95 (ms) | mean (ms) | requests/s "
-        "| errors | degraded | load 1 min |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| mode | concurrency | requests | p50 (ms) | p95 (ms) | p99 (ms) | mean (ms) "
+        "| requests/s | errors | degraded | load 1 min |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         ms = run.latencies_ms
         if not ms:
             lines.append(
-                f"| {label(run.mode)} | {run.concurrency} | 0 | - | - | - | - "
+                f"| {label(run.mode)} | {run.concurrency} | 0 | - | - | - | - | - "
                 f"| {len(run.errors)} | - | {run.load:.2f} |"
             )
             continue
         lines.append(
             f"| {label(run.mode)} | {run.concurrency} | {len(ms)} | {statistics.median(ms):.1f} "
-            f"| {percentile(ms, 95):.1f} | {statistics.mean(ms):.1f} "
+            f"| {percentile(ms, 95):.1f} | {percentile(ms, 99):.1f} | {statistics.mean(ms):.1f} "
             f"| {len(ms) / run.wall_s:.1f} | {len(run.errors)} | {run.degraded} | {run.load:.2f} |"
+        )
+    return lines
+
+
+def raw_table(runs: list[Run], raw_runs: list[Run]) -> list[str]:
+    """Service against raw, row by row: p50 and p99 (ms), requests/s, their ratios, and how
+    many queries got the same hit ids in the same order."""
+    lines = [
+        "| mode | concurrency | service p50 | raw p50 | p50 ratio | service p99 | raw p99 "
+        "| p99 ratio | service req/s | raw req/s | same hits |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run, raw in zip(runs, raw_runs, strict=True):
+        if not run.latencies_ms or not raw.latencies_ms:
+            continue
+        p50, raw50 = statistics.median(run.latencies_ms), statistics.median(raw.latencies_ms)
+        p99, raw99 = percentile(run.latencies_ms, 99), percentile(raw.latencies_ms, 99)
+        rps, raw_rps = len(run.latencies_ms) / run.wall_s, len(raw.latencies_ms) / raw.wall_s
+        same = sum(a == b for a, b in zip(run.hits, raw.hits, strict=True) if a)
+        lines.append(
+            f"| {label(run.mode)} | {run.concurrency} | {p50:.1f} | {raw50:.1f} "
+            f"| {p50 / raw50:.2f} | {p99:.1f} | {raw99:.1f} | {p99 / raw99:.2f} "
+            f"| {rps:.1f} | {raw_rps:.1f} "
+            f"| {same}/{len(run.latencies_ms)} |"
         )
     return lines
 
@@ -530,6 +656,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--report", type=Path, default=None, help="write the Markdown report here")
     parser.add_argument("--hits-out", type=Path, default=None, help="save hit ids (JSON)")
     parser.add_argument("--compare-hits", type=Path, default=None, help="a --hits-out file")
+    parser.add_argument(
+        "--raw",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the same work with the raw libraries in this process",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
     return parser.parse_args()
 
@@ -664,6 +796,15 @@ async def benchmark(args: argparse.Namespace, fleet: Fleet, tmp: Path) -> int:
                 runs.append(run)
                 print("\n".join(latency_table([run])[2:]), flush=True)
                 fleet.check_alive()
+    fleet.stop()
+
+    raw_runs: list[Run] = []
+    if args.raw:
+        print("the same work with the raw libraries, in this process")
+        top_k = args.top_k or GatewaySettings.model_fields["default_top_k"].default
+        raw_runs = await raw_baseline(
+            tmp / "index", runs, queries, warmup, top_k, "default" if key else ""
+        )
 
     # Report.
     load_after = os.getloadavg()
@@ -699,6 +840,18 @@ async def benchmark(args: argparse.Namespace, fleet: Fleet, tmp: Path) -> int:
         "",
         *stage_table(runs),
     ]
+    if raw_runs:
+        lines += [
+            "",
+            "The same work with the raw libraries in this process (sentence-transformers "
+            "`encode` of the query, the retriever core's search on the index the services "
+            "built), the services stopped; same hits: queries whose hit ids match the "
+            "service's in order:",
+            "",
+            *latency_table(raw_runs),
+            "",
+            *raw_table(runs, raw_runs),
+        ]
     if args.compare_hits is not None:
         lines += ["", *compare_hits(saved, args.compare_hits)]
     command = shlex.join([sys.executable, *sys.argv])

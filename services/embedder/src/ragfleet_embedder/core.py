@@ -3,7 +3,6 @@ here."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -14,7 +13,7 @@ from ragfleet.domain import InputType
 from ragfleet.rerank import Reranker
 from ragfleet.runtime.errors import FailedPrecondition, InvalidInput, Unavailable
 from ragfleet.runtime.logging import get_logger
-from ragfleet_embedder.batching import DynamicBatcher
+from ragfleet_embedder.batching import DynamicBatcher, model_thread, run_in
 from ragfleet_embedder.model import EmbeddingModel
 from ragfleet_embedder.settings import EmbedderSettings
 
@@ -76,8 +75,9 @@ class Embedder:
         self._reranker_loader = reranker_loader
         self._reranker_name = reranker_name if reranker_loader is not None else ""
         self._reranker: Reranker | None = None
-        # The cross-encoder is not thread-safe; one scoring call at a time, off the loop.
-        self._rerank_lock = asyncio.Lock()
+        # Loading, embedding and reranking all run in this one thread: one call at a time (the
+        # cross-encoder is not thread-safe), off the loop, on one team of torch threads.
+        self._model_thread = model_thread()
         self._model: EmbeddingModel | None = None
         self._batcher: DynamicBatcher | None = None
         self._prefixes = {
@@ -89,14 +89,15 @@ class Embedder:
         """Loads the model off the event loop and starts batching."""
         if self._model is not None:
             raise RuntimeError("the embedder is already loaded")
-        model = await asyncio.to_thread(self._model_loader)
+        model = await run_in(self._model_thread, self._model_loader)
         if self._reranker_loader is not None:
-            self._reranker = await asyncio.to_thread(self._reranker_loader)
+            self._reranker = await run_in(self._model_thread, self._reranker_loader)
             log.info("reranker_loaded", reranker=self._reranker_name)
         batcher = DynamicBatcher(
             model.encode,
             max_batch_size=self._settings.batch_size,
             max_wait_s=self._settings.max_batch_wait_ms / 1000,
+            executor=self._model_thread,
         )
         batcher.start()
         self._model, self._batcher = model, batcher
@@ -110,6 +111,7 @@ class Embedder:
     async def close(self) -> None:
         if self._batcher is not None:
             await self._batcher.close()
+        self._model_thread.shutdown(wait=False, cancel_futures=True)
 
     async def embed(self, texts: Sequence[str], input_type: InputType) -> Embeddings:
         """Embeds ``texts`` as queries or passages.
@@ -170,8 +172,7 @@ class Embedder:
         reranker = self._reranker
         if reranker is None:
             raise FailedPrecondition(NO_RERANKER)
-        async with self._rerank_lock:
-            scores = await asyncio.to_thread(reranker.score, query, list(passages))
+        scores = await run_in(self._model_thread, reranker.score, query, list(passages))
         if len(scores) != len(passages):
             raise RuntimeError(f"the reranker gave {len(scores)} scores for {len(passages)}")
         return RerankScores(scores=scores, model=self._reranker_name)

@@ -119,6 +119,7 @@ class SentenceTransformerEmbedder:
         transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         try:
             model = SentenceTransformer(str(folder), device=device, local_files_only=True)
+            model.eval()  # once: ``_forward`` relies on it (no dropout)
             embedder = cls(model, name, batch_size, normalize, windows)
             embedder.encode(["warm-up"])
         except ModelLoadError:
@@ -197,11 +198,61 @@ class SentenceTransformerEmbedder:
         return pieces, np.asarray(owners, dtype=np.intp), np.asarray(weights, dtype=np.float32)
 
     def _encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
-        vectors = self._model.encode(
+        """One row per text: the texts sorted by token count and cut into model calls of at
+        most ``batch_size`` texts (``call_groups``), each padded to its longest text."""
+        if len(texts) == 1:
+            return self._forward(texts)
+        lengths = self._model.tokenizer(
             list(texts),
-            batch_size=self._batch_size,
-            normalize_embeddings=self._normalize,
-            convert_to_numpy=True,
-            show_progress_bar=False,
+            truncation=True,
+            max_length=self.max_sequence_length or None,
+            verbose=False,
+        )["input_ids"]
+        vectors = np.empty((len(texts), self._dimension), dtype=np.float32)
+        for group in call_groups([len(ids) for ids in lengths], self._batch_size):
+            vectors[group] = self._forward([texts[i] for i in group])
+        return vectors
+
+    def _forward(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        """What ``SentenceTransformer.encode`` computes for ``texts`` in one model call (padded
+        to the longest text), without its per-call bookkeeping: it walks every parameter to
+        find the device and switches every module to eval mode on each call, 1-2 ms of a
+        10 ms one-query call on two cores."""
+        import torch
+        from sentence_transformers.util import batch_to_device
+
+        model = self._model
+        with torch.inference_mode():
+            features = batch_to_device(model.preprocess(list(texts)), model.device)
+            embeddings = model(features)["sentence_embedding"]
+            if self._normalize:
+                embeddings = torch.nn.functional.normalize(embeddings, p=2, dim=1)
+            return np.asarray(embeddings.float().cpu().numpy(), dtype=np.float32)
+
+
+CALL_COST_TOKENS = 48
+"""What one more model call costs, in padded tokens: on two cores MiniLM takes roughly 6 ms
+a call plus 0.12 ms a token (calls of 1 to 16 SciFact claims)."""
+
+
+def call_groups(lengths: Sequence[int], max_size: int) -> list[list[int]]:
+    """Splits texts of token counts ``lengths`` into model calls of at most ``max_size`` texts
+    that cost least: each call pads its texts to its longest, so a call costs its size times
+    that length plus ``CALL_COST_TOKENS``. Calls hold texts of neighbouring lengths; returns
+    each call's text indexes, shortest texts first."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    # best[j]: least cost of the j shortest texts; start[j]: where their last call begins.
+    best = [0] * (len(order) + 1)
+    start = [0] * (len(order) + 1)
+    for j in range(1, len(order) + 1):
+        longest = lengths[order[j - 1]]
+        best[j], start[j] = min(
+            (best[i] + CALL_COST_TOKENS + (j - i) * longest, i)
+            for i in range(max(0, j - max_size), j)
         )
-        return np.asarray(vectors, dtype=np.float32)
+    groups: list[list[int]] = []
+    j = len(order)
+    while j > 0:
+        groups.append(order[start[j] : j])
+        j = start[j]
+    return groups[::-1]

@@ -87,9 +87,10 @@ class EmbedderSettings(ServiceSettings):
         default=100, ge=1, le=1000, description="most passages one Rerank request may carry"
     )
     max_batch_wait_ms: float = Field(
-        default=2.0,
+        default=0.0,
         ge=0,
         le=1000,
         description="how long a request may wait for others to join its batch; 0 batches only "
-        "what queued up while the model was busy",
+        "what queued up while the model was busy, which under load is most of it (a lone "
+        "query is not held back)",
     )

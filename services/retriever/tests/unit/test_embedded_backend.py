@@ -89,6 +89,29 @@ def test_filtered_dense_search_over_fetches_when_the_filter_is_broad(tmp_path: P
     backend.close()
 
 
+def test_exact_filtered_search_sees_every_write(tmp_path: Path) -> None:
+    """The vectors a filter selects are kept between exact scans: a write must not leave a
+    later search on the old ones."""
+    backend = open_backend(tmp_path)
+    backend.upsert(CHUNKS)
+    acme = Filter(tenant="acme")
+    query = CHUNKS[1].vector
+    assert backend.search_dense(query, 5, acme)[0].id == "c1"
+    assert backend.search_dense(query, 5, acme)[0].id == "c1"  # from the kept vectors
+
+    backend.upsert([Chunk(id="c9", text="a twin", tenant="acme", vector=query)])
+    assert {h.id for h in backend.search_dense(query, 2, acme)} == {"c1", "c9"}
+    backend.delete(ids=["c1", "c9"])
+    hits = backend.search_dense(query, 5, acme)
+    assert [h.id for h in hits] == ["c0"]
+    moved = Chunk(id="c0", text="moved", tenant="acme", vector=CHUNKS[3].vector)
+    backend.upsert([moved])
+    assert backend.search_dense(CHUNKS[3].vector, 1, acme)[0].score == pytest.approx(1.0)
+    # Another filter's vectors are kept apart.
+    assert {h.id for h in backend.search_dense(query, 5, Filter(tenant="globex"))} == {"c2", "c3"}
+    backend.close()
+
+
 @pytest.mark.parametrize("damage", ["delete", "corrupt"])
 def test_vector_index_is_rebuilt_from_the_catalog(tmp_path: Path, damage: str) -> None:
     backend = open_backend(tmp_path)

@@ -10,6 +10,10 @@ of each vector's filter attributes:
 - Otherwise the ANN index is over-fetched by twice the inverse selectivity and the results are
   post-filtered. If fewer than ``k`` survive (an unlucky graph neighbourhood), the filtered
   vectors are scanned exactly, so a filtered search never returns fewer hits than exist.
+
+The vectors of the last few filters scanned exactly stay gathered in one matrix until the next
+write: copying them out of usearch key by key costs far more than the scan itself (2,400 vectors:
+about 3 ms against 0.2 ms), and the gateway sends the same tenant filter with every query.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +35,12 @@ from ragfleet.domain import Filter
 
 VectorDtype = Literal["f32", "i8"]
 
+Attribute = tuple[str, str, str]
+"""(kind, name, value): ``("tenant", t, "")``, ``("source", s, "")``, ``("meta", name, value)``."""
+
+EXACT_SLICES_KEPT = 8
+"""Filters whose gathered vectors are kept for exact scans (each at most ``exact_max`` rows)."""
+
 
 @dataclass(frozen=True, slots=True)
 class VectorEntry:
@@ -39,6 +50,16 @@ class VectorEntry:
     tenant: str
     source: str
     metadata: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Slice:
+    """The vectors one filter selects, gathered for exact scans."""
+
+    keys: np.ndarray
+    matrix: np.ndarray
+    norms: np.ndarray
+    """Each row's Euclidean norm."""
 
 
 class ReadWriteLock:
@@ -90,8 +111,11 @@ class DenseIndex:
         self._exact_max = exact_max
         self._index = self._new_index()
         self._entries: dict[int, VectorEntry] = {}
-        self._by_attribute: dict[tuple[str, str, str], set[int]] = {}
+        self._by_attribute: dict[Attribute, set[int]] = {}
         self._lock = ReadWriteLock()
+        # Searches run in several threads at once; this guards the cache, not the index.
+        self._slices_lock = threading.Lock()
+        self._slices: OrderedDict[tuple[Attribute, ...], _Slice] = OrderedDict()
 
     def _new_index(self) -> Index:
         return Index(ndim=self.dimension, metric="cos", dtype=self._dtype)
@@ -116,13 +140,14 @@ class DenseIndex:
             return False
         with self._lock.write():
             self._index = loaded
+            self._forget_slices()
             self._entries.clear()
             self._by_attribute.clear()
             for key, entry in entries:
                 self._remember(key, entry)
         return True
 
-    def _attributes(self, entry: VectorEntry) -> Iterator[tuple[str, str, str]]:
+    def _attributes(self, entry: VectorEntry) -> Iterator[Attribute]:
         yield ("tenant", entry.tenant, "")
         yield ("source", entry.source, "")
         for name, value in entry.metadata.items():
@@ -156,6 +181,7 @@ class DenseIndex:
             else None
         )
         with self._lock.write():
+            self._forget_slices()
             if removed:
                 self._index.remove(np.asarray(removed, dtype=np.uint64))
                 for key in removed:
@@ -169,6 +195,7 @@ class DenseIndex:
         """Replaces the index in memory with the vectors in ``batches`` (call ``save``)."""
         with self._lock.write():
             self._index = self._new_index()
+            self._forget_slices()
             self._entries.clear()
             self._by_attribute.clear()
         for batch in batches:
@@ -184,11 +211,20 @@ class DenseIndex:
             os.fsync(handle.fileno())
         os.replace(temporary, self.path)
 
-    def _candidates(self, filter: Filter) -> set[int] | None:
-        """Keys matching ``filter``; None when it matches everything."""
+    def _forget_slices(self) -> None:
+        with self._slices_lock:
+            self._slices.clear()
+
+    @staticmethod
+    def _wanted(filter: Filter) -> tuple[Attribute, ...]:
+        """The attributes a vector needs to match ``filter``, in a canonical order."""
         wanted = [("tenant", filter.tenant, ""), ("source", filter.source, "")]
         wanted = [attribute for attribute in wanted if attribute[1]]
-        wanted += [("meta", name, value) for name, value in filter.equals.items()]
+        wanted += sorted(("meta", name, value) for name, value in filter.equals.items())
+        return tuple(wanted)
+
+    def _candidates(self, wanted: tuple[Attribute, ...]) -> set[int] | None:
+        """Keys having every attribute in ``wanted``; None when it is empty (matches all)."""
         if not wanted:
             return None
         sets = sorted((self._by_attribute.get(a, set()) for a in wanted), key=len)
@@ -201,18 +237,19 @@ class DenseIndex:
             total = len(self._index)
             if total == 0:
                 return []
-            candidates = self._candidates(filter)
+            wanted = self._wanted(filter)
+            candidates = self._candidates(wanted)
             if candidates is None:
                 return self._approximate(query, min(k, total), None)
             if not candidates:
                 return []
             if len(candidates) <= self._exact_max:
-                return self._exact(query, k, candidates)
+                return self._exact(query, k, self._slice(wanted, candidates))
             fetch = min(total, max(2 * k, math.ceil(2 * k * total / len(candidates))))
             hits = self._approximate(query, fetch, candidates)
             if len(hits) >= k or fetch >= total:
                 return hits[:k]
-            return self._exact(query, k, candidates)
+            return self._exact(query, k, self._gather(candidates))
 
     def _approximate(
         self, query: np.ndarray, count: int, candidates: set[int] | None
@@ -224,13 +261,35 @@ class DenseIndex:
             if candidates is None or int(key) in candidates
         ]
 
-    def _exact(self, query: np.ndarray, k: int, candidates: set[int]) -> list[tuple[str, float]]:
+    def _slice(self, wanted: tuple[Attribute, ...], candidates: set[int]) -> _Slice:
+        """``_gather(candidates)``, kept for the next search with the same filter. Call with
+        the read lock held: writes (which forget every slice) then wait for this search."""
+        with self._slices_lock:
+            cached = self._slices.get(wanted)
+            if cached is not None:
+                self._slices.move_to_end(wanted)
+                return cached
+        gathered = self._gather(candidates)
+        with self._slices_lock:
+            self._slices[wanted] = gathered
+            while len(self._slices) > EXACT_SLICES_KEPT:
+                self._slices.popitem(last=False)
+        return gathered
+
+    def _gather(self, candidates: set[int]) -> _Slice:
         keys = np.fromiter(candidates, dtype=np.uint64, count=len(candidates))
         vectors = self._index.get(keys, dtype="f32")
         matrix = np.vstack(cast(Sequence[np.ndarray], vectors)).astype(np.float32, copy=False)
-        norms = np.linalg.norm(matrix, axis=1) * np.linalg.norm(query)
-        similarities = (matrix @ query) / np.where(norms == 0.0, 1.0, norms)
-        count = min(k, len(keys))
+        return _Slice(keys, matrix, np.linalg.norm(matrix, axis=1))
+
+    def _exact(self, query: np.ndarray, k: int, rows: _Slice) -> list[tuple[str, float]]:
+        norms = rows.norms * np.linalg.norm(query)
+        norms = np.where(norms == 0.0, 1.0, norms)
+        # Not ``matrix @ query``: that is OpenBLAS's gemv, which splits even 2,400 rows over
+        # threads; on a machine whose cores the other services also want, the threads wait on
+        # each other and the scan took 2-7 ms instead of einsum's single-threaded 0.2 ms.
+        similarities = np.einsum("ij,j->i", rows.matrix, query) / norms
+        count = min(k, len(rows.keys))
         best = np.argpartition(-similarities, count - 1)[:count]
         best = best[np.argsort(-similarities[best], kind="stable")]
-        return [(self._entries[int(keys[i])].id, float(similarities[i])) for i in best]
+        return [(self._entries[int(rows.keys[i])].id, float(similarities[i])) for i in best]
