@@ -73,3 +73,43 @@ def test_bad_input_exits_2_naming_the_problem(beir: Path, tmp_path: Path) -> Non
         app, ["eval", "retrieval", "--dataset", str(beir), "--split", "train"]
     )
     assert result.exit_code == 2 and "qrels/train.tsv does not exist" in result.output
+
+
+GATE_CORPUS = [
+    {"_id": "p1", "title": "Forecasting", "text": "Seasonal forecasting averages past years."},
+    {"_id": "p2", "title": "Cats", "text": "Russian Blue cats have a soft, silver-tipped coat."},
+    {"_id": "p3", "title": "Rivers", "text": "The Danube flows through ten countries."},
+]
+GATE_QUERIES = [
+    ("a1", "how does seasonal forecasting use averages", True),
+    ("a2", "what coat does the russian blue cat have", True),
+    ("a3", "which countries does the danube flow through", True),
+    ("u1", "what is the boiling point of tungsten", False),
+    ("u2", "who won the 1998 chess olympiad", False),
+]
+
+
+def test_gate_scores_a_set_with_the_real_model(tmp_path: Path) -> None:
+    root = tmp_path / "gate-set"
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text("\n".join(json.dumps(r) for r in GATE_CORPUS) + "\n")
+    rows = [
+        {"_id": i, "text": t, "metadata": {"answerable": ok, "answers": ["x"] if ok else []}}
+        for i, t, ok in GATE_QUERIES
+    ]
+    (root / "queries.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (root / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\na1\tp1\t1\n")
+    command = ["eval", "gate", "--dataset", str(root), "--cache-dir", str(tmp_path / "c")]
+    result = CliRunner().invoke(app, [*command, "--max-refused", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["answerable"], report["unanswerable"]) == (3, 2)
+    # The real model finds the passage answering each answerable question far above the
+    # best match of a question the corpus never mentions.
+    assert report["auc"][0] == 1.0
+    chosen = next(row for row in report["rows"] if row["chosen"])
+    assert chosen["answerable refused"][0] == 0.0
+    assert chosen["unanswerable declined"][0] == 1.0
+    again = CliRunner().invoke(app, command)  # the index is reused
+    assert again.exit_code == 0, again.output
+    assert "RAGFLEET_GATEWAY_MIN_DENSE_SCORE=" in again.stdout

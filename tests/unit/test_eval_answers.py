@@ -378,3 +378,11 @@ def test_the_chart_has_a_panel_per_measured_metric(tmp_path: Path) -> None:
     chart = tmp_path / "answers.png"
     write_answers_chart([("baseline", metrics), ("other", metrics)], chart, "t")
     assert chart.read_bytes().startswith(b"\x89PNG")
+
+
+def test_an_offset_sample_never_shares_a_question_with_the_first_ones() -> None:
+    data = kinds(10, 10)
+    tuning, reported = data.sample(6, offset=8), data.sample(8)
+    assert not {q.id for q in tuning} & {q.id for q in reported}
+    assert tuning == data.sample(None)[8:14] == data.sample(None, offset=8)[:6]
+    assert [q.answerable for q in tuning] == [True, False, True, False, True, False]

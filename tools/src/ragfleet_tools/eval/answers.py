@@ -166,12 +166,14 @@ class AnswerSet:
             raise InvalidInput(f"dataset: no row of {files[0]} has a reference answer")
         return cls(path.resolve().parent.name, corpus, questions, digest.hexdigest()[:12])
 
-    def sample(self, limit: int | None, seed: int = 0) -> list[Question]:
-        """``limit`` questions, stratified: every prefix of the order keeps the set's ratio of
-        answerable to unanswerable questions as closely as whole questions allow (strict
-        alternation for ClapNQ's 300 and 300), each kind in a fixed random order for ``seed``;
-        all of them when ``limit`` is None. A larger limit keeps the questions of a smaller one,
-        so cached answers are reused."""
+    def sample(self, limit: int | None, seed: int = 0, offset: int = 0) -> list[Question]:
+        """``limit`` questions after the first ``offset`` of the order, stratified: every
+        prefix of the order keeps the set's ratio of answerable to unanswerable questions as
+        closely as whole questions allow (strict alternation for ClapNQ's 300 and 300), each
+        kind in a fixed random order for ``seed``; all of them when ``limit`` is None. A larger
+        limit keeps the questions of a smaller one, so cached answers are reused; an offset at
+        least as large as another run's limit never shares a question with it (tune on
+        ``offset=100``, report on the first 100)."""
         rng = random.Random(seed)
         kinds = [
             [q for q in self.questions if q.answerable],
@@ -192,7 +194,7 @@ class AnswerSet:
             pick = 0 if behind[0] >= behind[1] else 1
             order.append(kinds[pick][taken[pick]])
             taken[pick] += 1
-        return order if limit is None else order[:limit]
+        return order[offset:] if limit is None else order[offset : offset + limit]
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ class AnswersOptions:
     split: str = "dev"
     limit: int | None = None
     seed: int = 0
+    offset: int = 0
     timeout_s: float = 300.0
     cache_dir: Path = Path("var/eval-cache")
     baseline: str | None = None
@@ -75,7 +76,7 @@ async def run_answers(
     if (options.judge_url is None) != (options.judge_model is None):
         raise InvalidInput("--judge-url and --judge-model go together")
     data = harness.AnswerSet.load(options.dataset, options.split)
-    questions = data.sample(options.limit, options.seed)
+    questions = data.sample(options.limit, options.seed, options.offset)
     folder = options.cache_dir / "answers" / f"{data.name}-{data.fingerprint}"
     if options.gateway is not None:
         from ragfleet_tools.eval.remote import remote_key
@@ -225,7 +226,9 @@ def _score(
         )
         models = sorted({r.model for r in results.values()}) or [model]
         header = (
-            f"{dataset} {options.split}, {len(questions)} questions (seed {options.seed}), "
+            f"{dataset} {options.split}, {len(questions)} questions (seed {options.seed}"
+            + (f", after the first {options.offset}" if options.offset else "")
+            + "), "
             f"model {', '.join(models)}, configuration {name}"
             + (f", against {options.baseline}" if options.baseline else "")
             + (f", judge {options.judge_model}" if options.judge_model else "")

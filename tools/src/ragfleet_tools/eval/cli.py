@@ -17,6 +17,17 @@ eval_app = typer.Typer(help="Evaluate retrieval and answer quality offline.", no
 
 DEFAULT_CACHE = Path("var/eval-cache")
 
+# How eval answers and eval gate pick questions (AnswerSet.sample).
+Seed = Annotated[int, typer.Option(help="which questions --limit picks")]
+Offset = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        help="skip the first N questions of the order: tune with --offset 100, report on "
+        "--limit 100, and the two never share a question",
+    ),
+]
+
 
 @eval_app.command()
 def retrieval(
@@ -97,7 +108,8 @@ def answers(
             "(default: all)",
         ),
     ] = None,
-    seed: Annotated[int, typer.Option(help="which questions --limit picks")] = 0,
+    seed: Seed = 0,
+    offset: Offset = 0,
     timeout: Annotated[float, typer.Option(help="seconds per question")] = 300.0,
     report: Annotated[
         Path | None,
@@ -175,6 +187,7 @@ def answers(
         split=split,
         limit=limit,
         seed=seed,
+        offset=offset,
         timeout_s=timeout,
         cache_dir=cache_dir,
         baseline=baseline,
@@ -206,3 +219,57 @@ def answers(
         )
         progress(f"report: {report} and {chart}")
     typer.echo(table, nl=False)
+
+
+@eval_app.command()
+def gate(
+    dataset: Annotated[
+        Path,
+        typer.Option(
+            help="an answer set with answerable and unanswerable questions (the layouts "
+            "eval answers reads)"
+        ),
+    ],
+    split: Annotated[str, typer.Option(help="the qrels file of a BEIR-style set")] = "dev",
+    max_refused: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.99,
+            help="the share of answerable questions the chosen threshold may refuse",
+        ),
+    ] = 0.15,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="use this many questions (default: all)")
+    ] = None,
+    seed: Seed = 0,
+    offset: Offset = 0,
+    cache_dir: Annotated[
+        Path, typer.Option(help="the set's index is cached here, shared with eval answers")
+    ] = DEFAULT_CACHE,
+    as_json: Annotated[bool, typer.Option("--json", help="print the measures as JSON")] = False,
+) -> None:
+    """How well the relevance gate (RAGFLEET_GATEWAY_MIN_DENSE_SCORE) separates answerable from
+    unanswerable questions on this corpus and embedding model, and the threshold that refuses at
+    most --max-refused of the answerable ones. Retrieval only: no model is asked."""
+    import asyncio
+
+    from ragfleet_tools.eval.answers import AnswerSet
+    from ragfleet_tools.eval.gate import GateScores, best_scores, markdown
+    from ragfleet_tools.eval.gate import report as gate_report
+
+    configure_logging("WARNING", fmt="console")
+
+    def progress(message: str) -> None:
+        typer.echo(message, err=True)
+
+    try:
+        data = AnswerSet.load(dataset, split)
+        questions = data.sample(limit, seed, offset)
+        progress(f"{data.name} {split}: scoring {len(questions)} questions")
+        scores = GateScores.of(asyncio.run(best_scores(data, questions, cache_dir, progress)))
+        result = gate_report(scores, max_refused)
+    except RagfleetError as exc:
+        typer.secho(exc.message, err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(result, indent=2) if as_json else markdown(result), nl=False)
