@@ -164,3 +164,66 @@ def test_dimension_is_fixed_at_creation(tmp_path: Path) -> None:
 )
 def test_bm25_reads_title_section_and_text_once_each(fields: dict[str, str], expected: str) -> None:
     assert Chunk(id="c", **fields).search_text == expected  # type: ignore[arg-type]
+
+
+def test_filtered_search_matches_a_brute_force_scan_through_writes_and_reopening(
+    tmp_path: Path,
+) -> None:
+    """Random upserts, replacements, moves between tenants and deletes, with a reopen halfway:
+    every tenant's exact filtered search equals a scan of what it holds now (the vectors kept
+    per filter and the float copy of the index stay in step with usearch)."""
+    rng = np.random.default_rng(11)
+    tenants = ("acme", "globex", "initech")
+    held: dict[str, tuple[str, np.ndarray]] = {}
+    backend = open_backend(tmp_path)
+
+    def check() -> None:
+        query = rng.standard_normal(DIM).astype(np.float32)
+        for tenant in tenants:
+            mine = {i: v for i, (t, v) in held.items() if t == tenant}
+            cosine = {
+                i: float(v @ query / (np.linalg.norm(v) * np.linalg.norm(query)))
+                for i, v in mine.items()
+            }
+            expected = sorted(cosine, key=lambda i: -cosine[i])[:5]
+            hits = backend.search_dense(tuple(query.tolist()), 5, Filter(tenant=tenant))
+            assert [h.id for h in hits] == expected
+            assert [h.score for h in hits] == pytest.approx([cosine[i] for i in expected], 1e-5)
+
+    for step in range(12):
+        if step == 6:
+            backend.close()
+            backend = open_backend(tmp_path)
+        batch = []
+        for _ in range(15):
+            chunk_id = f"k{rng.integers(0, 40)}"
+            tenant = tenants[int(rng.integers(0, len(tenants)))]
+            vec = rng.standard_normal(DIM).astype(np.float32)
+            held[chunk_id] = (tenant, vec)
+            batch.append(Chunk(id=chunk_id, text=chunk_id, tenant=tenant, vector=tuple(vec)))
+        backend.upsert(list({c.id: c for c in batch}.values()))
+        gone = [f"k{i}" for i in rng.integers(0, 40, 4)]
+        backend.delete(ids=gone)
+        for chunk_id in gone:
+            held.pop(chunk_id, None)
+        check()
+        check()  # again, from the vectors kept for each filter
+    backend.close()
+
+
+def test_a_write_to_one_tenant_keeps_the_other_tenants_gathered_vectors(tmp_path: Path) -> None:
+    backend = open_backend(tmp_path)
+    backend.upsert(CHUNKS)
+    query = CHUNKS[1].vector
+    backend.search_dense(query, 5, Filter(tenant="acme"))
+    backend.search_dense(query, 5, Filter(tenant="globex"))
+    kept = backend._dense._slices  # the gathered vectors per filter
+    assert len(kept) == 2
+    backend.upsert([Chunk(id="g9", text="new", tenant="globex", vector=vector(9))])
+    assert [wanted[0][1] for wanted in kept] == ["acme"]
+    assert {h.id for h in backend.search_dense(query, 5, Filter(tenant="globex"))} == {
+        "c2",
+        "c3",
+        "g9",
+    }
+    backend.close()

@@ -11,9 +11,12 @@ of each vector's filter attributes:
   post-filtered. If fewer than ``k`` survive (an unlucky graph neighbourhood), the filtered
   vectors are scanned exactly, so a filtered search never returns fewer hits than exist.
 
-The vectors of the last few filters scanned exactly stay gathered in one matrix until the next
-write: copying them out of usearch key by key costs far more than the scan itself (2,400 vectors:
-about 3 ms against 0.2 ms), and the gateway sends the same tenant filter with every query.
+usearch hands vectors back one array per key (10,000 of them: tens of ms), so an ``f32`` index
+keeps a copy of every vector and its norm as rows of one matrix (``_Mirror``: the vectors'
+memory twice over), and remembers, for the filters searched lately, which rows they select: a
+search gathers those rows in one numpy step and scans them. An ``i8`` index, chosen to save
+memory, keeps no copy: the vectors of its recent filters stay gathered instead, within a memory
+budget. A write forgets only the filters it touches, unless it moves rows.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import math
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +41,10 @@ VectorDtype = Literal["f32", "i8"]
 Attribute = tuple[str, str, str]
 """(kind, name, value): ``("tenant", t, "")``, ``("source", s, "")``, ``("meta", name, value)``."""
 
-EXACT_SLICES_KEPT = 8
-"""Filters whose gathered vectors are kept for exact scans (each at most ``exact_max`` rows)."""
+SLICES_KEPT = 256
+"""Filters whose selected rows are remembered (a few bytes per row each)."""
+SLICE_CACHE_BYTES = 64 * 1024 * 1024
+"""Memory the gathered vectors of recent filters may hold without a ``_Mirror`` (``i8``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,12 +59,75 @@ class VectorEntry:
 
 @dataclass(frozen=True, slots=True)
 class _Slice:
-    """The vectors one filter selects, gathered for exact scans."""
+    """What one filter selects: its keys and either their rows in the ``_Mirror`` or, without
+    one, their vectors and norms gathered."""
 
     keys: np.ndarray
-    matrix: np.ndarray
-    norms: np.ndarray
-    """Each row's Euclidean norm."""
+    rows: np.ndarray | None = None
+    matrix: np.ndarray | None = None
+    norms: np.ndarray | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return self.keys.nbytes + sum(
+            a.nbytes for a in (self.rows, self.matrix, self.norms) if a is not None
+        )
+
+
+class _Mirror:
+    """Every vector of the index as a float32 row of one matrix, by key, so that any set of
+    keys gathers in one numpy indexing step. A removed row is filled with the last one."""
+
+    def __init__(self, dimension: int) -> None:
+        self._matrix = np.empty((1024, dimension), dtype=np.float32)
+        self._norms = np.empty(1024, dtype=np.float32)
+        self._count = 0
+        self._row_of: dict[int, int] = {}
+        self._key_at: list[int] = []
+
+    def add(self, keys: Sequence[int], vectors: np.ndarray) -> None:
+        for key in keys:  # a key added again replaces its vector, as in usearch
+            if key in self._row_of:
+                self.remove([key])
+        needed = self._count + len(keys)
+        if needed > len(self._matrix):
+            grown = np.empty(
+                (max(needed, 2 * len(self._matrix)), self._matrix.shape[1]), np.float32
+            )
+            grown[: self._count] = self._matrix[: self._count]
+            self._matrix = grown
+            norms = np.empty(len(grown), np.float32)
+            norms[: self._count] = self._norms[: self._count]
+            self._norms = norms
+        self._matrix[self._count : needed] = vectors
+        self._norms[self._count : needed] = np.linalg.norm(vectors, axis=1)
+        for offset, key in enumerate(keys):
+            self._row_of[key] = self._count + offset
+            self._key_at.append(key)
+        self._count = needed
+
+    def remove(self, keys: Iterable[int]) -> None:
+        for key in keys:
+            row = self._row_of.pop(key, None)
+            if row is None:
+                continue
+            last = self._count - 1
+            moved = self._key_at.pop()
+            if row != last:
+                self._matrix[row] = self._matrix[last]
+                self._norms[row] = self._norms[last]
+                self._key_at[row] = moved
+                self._row_of[moved] = row
+            self._count = last
+
+    def rows(self, keys: Collection[int]) -> np.ndarray:
+        """The rows of ``keys``, in their order; valid until the next removal."""
+        row_of = self._row_of
+        return np.fromiter([row_of[key] for key in keys], dtype=np.int64, count=len(keys))
+
+    def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The vectors and norms in ``rows``."""
+        return self._matrix[rows], self._norms[rows]
 
 
 class ReadWriteLock:
@@ -116,9 +184,15 @@ class DenseIndex:
         # Searches run in several threads at once; this guards the cache, not the index.
         self._slices_lock = threading.Lock()
         self._slices: OrderedDict[tuple[Attribute, ...], _Slice] = OrderedDict()
+        self._slice_bytes = 0
+        self._mirror = self._new_mirror()
 
     def _new_index(self) -> Index:
         return Index(ndim=self.dimension, metric="cos", dtype=self._dtype)
+
+    def _new_mirror(self) -> _Mirror | None:
+        # An i8 index is chosen to save memory; a float copy of it would undo that.
+        return _Mirror(self.dimension) if self._dtype == "f32" else None
 
     def __len__(self) -> int:
         return len(self._index)
@@ -138,8 +212,13 @@ class DenseIndex:
             or len(loaded) != expected
         ):
             return False
+        mirror = self._new_mirror()
+        if mirror is not None and len(loaded):
+            keys = np.asarray(loaded.keys, dtype=np.uint64)
+            mirror.add([int(k) for k in keys], np.asarray(loaded.vectors, dtype=np.float32))
         with self._lock.write():
             self._index = loaded
+            self._mirror = mirror
             self._forget_slices()
             self._entries.clear()
             self._by_attribute.clear()
@@ -181,13 +260,23 @@ class DenseIndex:
             else None
         )
         with self._lock.write():
-            self._forget_slices()
+            replaced = [*removed, *(key for key, _, _ in added)]
+            touched = [self._entries[key] for key in replaced if key in self._entries]
+            if self._mirror is not None and touched:
+                self._forget_slices()  # a removal moves rows of the mirror
+            else:
+                self._forget_slices([*touched, *(entry for _, _, entry in added)])
             if removed:
                 self._index.remove(np.asarray(removed, dtype=np.uint64))
+                if self._mirror is not None:
+                    self._mirror.remove(removed)
                 for key in removed:
                     self._forget(key)
             if vectors is not None:
-                self._index.add(np.asarray([key for key, _, _ in added], dtype=np.uint64), vectors)
+                keys = [key for key, _, _ in added]
+                self._index.add(np.asarray(keys, dtype=np.uint64), vectors)
+                if self._mirror is not None:
+                    self._mirror.add(keys, vectors)
                 for key, _, entry in added:
                     self._remember(key, entry)
 
@@ -195,6 +284,7 @@ class DenseIndex:
         """Replaces the index in memory with the vectors in ``batches`` (call ``save``)."""
         with self._lock.write():
             self._index = self._new_index()
+            self._mirror = self._new_mirror()
             self._forget_slices()
             self._entries.clear()
             self._by_attribute.clear()
@@ -211,9 +301,15 @@ class DenseIndex:
             os.fsync(handle.fileno())
         os.replace(temporary, self.path)
 
-    def _forget_slices(self) -> None:
+    def _forget_slices(self, touched: Sequence[VectorEntry] | None = None) -> None:
+        """Drops the cached filters that match any of the ``touched`` entries (every one when
+        None): a write to one tenant leaves the others' gathered vectors valid."""
         with self._slices_lock:
-            self._slices.clear()
+            for wanted in list(self._slices):
+                if touched is None or any(
+                    set(wanted) <= set(self._attributes(entry)) for entry in touched
+                ):
+                    self._slice_bytes -= self._slices.pop(wanted).nbytes
 
     @staticmethod
     def _wanted(filter: Filter) -> tuple[Attribute, ...]:
@@ -269,27 +365,39 @@ class DenseIndex:
             if cached is not None:
                 self._slices.move_to_end(wanted)
                 return cached
-        gathered = self._gather(candidates)
+        selected = self._gather(candidates)
         with self._slices_lock:
-            self._slices[wanted] = gathered
-            while len(self._slices) > EXACT_SLICES_KEPT:
-                self._slices.popitem(last=False)
-        return gathered
+            if wanted not in self._slices:
+                self._slices[wanted] = selected
+                self._slice_bytes += selected.nbytes
+            while len(self._slices) > 1 and (
+                len(self._slices) > SLICES_KEPT
+                or (self._mirror is None and self._slice_bytes > SLICE_CACHE_BYTES)
+            ):
+                self._slice_bytes -= self._slices.popitem(last=False)[1].nbytes
+        return selected
 
     def _gather(self, candidates: set[int]) -> _Slice:
         keys = np.fromiter(candidates, dtype=np.uint64, count=len(candidates))
+        if self._mirror is not None:
+            return _Slice(keys, rows=self._mirror.rows(candidates))  # the set's order, as keys
         vectors = self._index.get(keys, dtype="f32")
         matrix = np.vstack(cast(Sequence[np.ndarray], vectors)).astype(np.float32, copy=False)
-        return _Slice(keys, matrix, np.linalg.norm(matrix, axis=1))
+        return _Slice(keys, matrix=matrix, norms=np.linalg.norm(matrix, axis=1))
 
-    def _exact(self, query: np.ndarray, k: int, rows: _Slice) -> list[tuple[str, float]]:
-        norms = rows.norms * np.linalg.norm(query)
+    def _exact(self, query: np.ndarray, k: int, selected: _Slice) -> list[tuple[str, float]]:
+        if selected.rows is not None and self._mirror is not None:
+            matrix, norms = self._mirror.gather(selected.rows)
+        else:
+            assert selected.matrix is not None and selected.norms is not None
+            matrix, norms = selected.matrix, selected.norms
+        norms = norms * np.linalg.norm(query)
         norms = np.where(norms == 0.0, 1.0, norms)
         # Not ``matrix @ query``: that is OpenBLAS's gemv, which splits even 2,400 rows over
         # threads; on a machine whose cores the other services also want, the threads wait on
         # each other and the scan took 2-7 ms instead of einsum's single-threaded 0.2 ms.
-        similarities = np.einsum("ij,j->i", rows.matrix, query) / norms
-        count = min(k, len(rows.keys))
+        similarities = np.einsum("ij,j->i", matrix, query) / norms
+        count = min(k, len(selected.keys))
         best = np.argpartition(-similarities, count - 1)[:count]
         best = best[np.argsort(-similarities[best], kind="stable")]
-        return [(self._entries[int(rows.keys[i])].id, float(similarities[i])) for i in best]
+        return [(self._entries[int(selected.keys[i])].id, float(similarities[i])) for i in best]
